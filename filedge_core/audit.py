@@ -1,0 +1,482 @@
+"""The audit table ``etl_file_audit`` and its state machine (docs/architecture.md).
+
+Every transition is one conditional statement whose WHERE re-checks the expected state (and
+the claim token where a worker holds the file); the affected row count says who won. Time is
+always the audit database's clock, never a worker's."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from .dburl import mask, scheme, sqlalchemy_url, sqlite_path
+from .errors import DatabaseUnavailable, UsageError
+
+TABLE_NAME = "etl_file_audit"
+
+
+class FileState(str, enum.Enum):
+    """A file's state; the values are the strings stored in the ``state`` column."""
+
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMMITTED = "COMMITTED"
+    FAILED = "FAILED"
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a file is FAILED (or was released); stored in ``error_kind``."""
+
+    DATA = "data"  # terminal: the bytes will not change
+    TRANSIENT = "transient"  # retried by later runs while attempts < retry_cap
+    LOST = "lost"  # its workers died retry_cap times: terminal
+    CHANGED = "changed"  # the file changed while read: released to PENDING
+
+
+_TS = sa.DateTime(timezone=True).with_variant(sa.Text(), "sqlite")
+
+metadata = sa.MetaData()
+audit_table = sa.Table(
+    TABLE_NAME,
+    metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("file_hash", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("previous_state", sa.String(16)),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("claim_token", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_at", _TS),
+    sa.Column("committed_at", _TS),
+    sa.Column("rows_written", sa.BigInteger()),
+    sa.Column("rows_rejected", sa.BigInteger()),
+    sa.Column("last_error", sa.Text()),
+    sa.Column("error_kind", sa.String(16)),
+    sa.Column("config_hash", sa.String(64)),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("updated_at", _TS, nullable=False),
+    sa.Index(f"ix_{TABLE_NAME}_pipeline_state", "pipeline", "state"),
+    sa.Index(f"ix_{TABLE_NAME}_state_claimed_at", "state", "claimed_at"),
+)
+_t = audit_table.c
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease on one file: valid while ``token`` is the row's claim token."""
+
+    pipeline: str
+    file_hash: str
+    token: int
+    attempts: int
+    previous_state: str
+    path: str
+
+    @property
+    def short_hash(self) -> str:
+        return self.file_hash[:12]
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One file's audit record, as read back."""
+
+    pipeline: str
+    file_hash: str
+    path: str
+    size: int
+    state: str
+    attempts: int
+    claim_token: int
+    claimed_by: str | None
+    claimed_at: datetime | None
+    committed_at: datetime | None
+    rows_written: int | None
+    rows_rejected: int | None
+    last_error: str | None
+    error_kind: str | None
+    config_hash: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    def claimable(self, retry_cap: int) -> bool:
+        """Whether ``AuditStore.claim`` would take this file (mirrors its WHERE clause)."""
+        if self.attempts >= retry_cap:
+            return False
+        return self.state == FileState.PENDING.value or (
+            self.state == FileState.FAILED.value and self.error_kind == ErrorKind.TRANSIENT.value
+        )
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """What reclaiming stale leases did: back to PENDING, or FAILED as lost."""
+
+    pending: int
+    lost: list[str]
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Read a timestamp column: a datetime (PostgreSQL) or ISO-8601 text (SQLite), as UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
+# A brief retry with backoff rides out lock contention and a dropped connection;
+# if the database stays away, the caller gets DatabaseUnavailable.
+_retry = retry(
+    retry=retry_if_exception_type((sa.exc.OperationalError, sa.exc.InterfaceError)),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    reraise=True,
+)
+
+
+class AuditStore:
+    """The audit table in a SQLite or PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.display_url = mask(url)
+        self.backend = scheme(url)
+        try:
+            sa_url = sqlalchemy_url(url)
+        except ValueError as exc:
+            raise UsageError(f"--audit-db-url: {exc}") from None
+        if self.backend == "sqlite":
+            self.engine = sa.create_engine(sa_url, connect_args={"timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            self._now = sa.func.strftime("%Y-%m-%dT%H:%M:%fZ", "now")
+            self._insert = sqlite_dialect.insert
+        else:
+            self.engine = sa.create_engine(sa_url, pool_pre_ping=True)
+            self._now = sa.func.statement_timestamp()
+            self._insert = pg_dialect.insert
+        self._schema_ready = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _stale(self, seconds: float) -> sa.ColumnElement[bool]:
+        """``claimed_at`` older than ``seconds`` by the database's clock (NULL counts as stale)."""
+        if self.backend == "sqlite":
+            # julianday() reads both 'YYYY-MM-DD HH:MM:SS' and ISO-8601 with 'T' and an offset,
+            # which is what other tools write; unreadable text reads as 0, i.e. stale.
+            return sa.func.coalesce(sa.func.julianday(_t.claimed_at), 0) <= sa.func.julianday("now") - (
+                seconds / 86400.0
+            )
+        return sa.or_(
+            _t.claimed_at.is_(None),
+            _t.claimed_at <= sa.func.statement_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds),
+        )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            if _transient(exc):
+                detail = getattr(exc, "orig", None) or exc
+                raise DatabaseUnavailable(
+                    f"audit database {self.display_url}: {mask(str(detail).strip().splitlines()[0])}"
+                ) from None
+            raise
+
+    def _execute(self, stmt: sa.Executable) -> "_Buffered":
+        with self._errors():
+            return self._execute_retrying(stmt)
+
+    @_retry
+    def _execute_retrying(self, stmt: sa.Executable) -> "_Buffered":
+        with self.engine.begin() as conn:
+            result = conn.execute(stmt)
+            if result.returns_rows:
+                rows = result.all()
+                return _Buffered(rows, result.rowcount)
+            return _Buffered([], result.rowcount)
+
+    def ensure_schema(self) -> None:
+        """Create the audit table and its indexes if they do not exist."""
+        if self._schema_ready:
+            return
+        if self.backend == "sqlite":
+            path = sqlite_path(self.url)
+            if path != ":memory:":
+                from pathlib import Path
+
+                if not Path(path).parent.is_dir():
+                    raise DatabaseUnavailable(
+                        f"audit database {self.display_url}: directory {Path(path).parent} does not exist"
+                    )
+        with self._errors():
+            self._create_all()
+        self._schema_ready = True
+
+    @_retry
+    def _create_all(self) -> None:
+        metadata.create_all(self.engine, checkfirst=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def register(self, pipeline: str, file_hash: str, path: str, size: int, config_hash: str) -> bool:
+        """PENDING row for a content hash seen for the first time; True if it was new."""
+        stmt = (
+            self._insert(audit_table)
+            .values(
+                pipeline=pipeline,
+                file_hash=file_hash,
+                path=path,
+                size=size,
+                state=FileState.PENDING.value,
+                attempts=0,
+                claim_token=0,
+                config_hash=config_hash,
+                created_at=self._now,
+                updated_at=self._now,
+            )
+            .on_conflict_do_nothing(index_elements=["pipeline", "file_hash"])
+        )
+        return self._execute(stmt).rowcount == 1
+
+    def reclaim_stale(self, pipeline: str, stale_seconds: float, retry_cap: int) -> Reclaimed:
+        """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used."""
+        base = sa.and_(
+            _t.pipeline == pipeline, _t.state == FileState.PROCESSING.value, self._stale(stale_seconds)
+        )
+        lost = self._execute(
+            sa.update(audit_table)
+            .where(base, _t.attempts >= retry_cap)
+            .values(
+                state=FileState.FAILED.value,
+                error_kind=ErrorKind.LOST.value,
+                last_error=sa.literal("worker lost ") + sa.cast(_t.attempts, sa.String) + sa.literal(" times"),
+                claimed_by=None,
+                updated_at=self._now,
+            )
+            .returning(_t.file_hash)
+        )
+        pending = self._execute(
+            sa.update(audit_table)
+            .where(base, _t.attempts < retry_cap)
+            .values(state=FileState.PENDING.value, claimed_by=None, updated_at=self._now)
+        )
+        return Reclaimed(pending=pending.rowcount, lost=[row[0] for row in lost.rows])
+
+    def claim(self, pipeline: str, file_hash: str, worker: str, retry_cap: int, config_hash: str) -> Claim | None:
+        """Take the lease on a PENDING (or retryable FAILED) file; None if another has it or it needs no work."""
+        claimable = sa.or_(
+            _t.state == FileState.PENDING.value,
+            sa.and_(_t.state == FileState.FAILED.value, _t.error_kind == ErrorKind.TRANSIENT.value),
+        )
+        stmt = (
+            sa.update(audit_table)
+            .where(_t.pipeline == pipeline, _t.file_hash == file_hash, claimable, _t.attempts < retry_cap)
+            .values(
+                previous_state=_t.state,
+                state=FileState.PROCESSING.value,
+                attempts=_t.attempts + 1,
+                claim_token=_t.claim_token + 1,
+                claimed_by=worker,
+                claimed_at=self._now,
+                committed_at=None,
+                config_hash=config_hash,
+                updated_at=self._now,
+            )
+            .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path)
+        )
+        rows = self._execute(stmt).rows
+        if not rows:
+            return None
+        token, attempts, previous, path = rows[0]
+        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path)
+
+    def _holding(self, claim: Claim) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            _t.pipeline == claim.pipeline,
+            _t.file_hash == claim.file_hash,
+            _t.state == FileState.PROCESSING.value,
+            _t.claim_token == claim.token,
+        )
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Renew the lease; False if it is no longer ours."""
+        stmt = sa.update(audit_table).where(self._holding(claim)).values(claimed_at=self._now)
+        return self._execute(stmt).rowcount == 1
+
+    def commit(self, claim: Claim, rows_written: int, rows_rejected: int = 0) -> bool:
+        """PROCESSING -> COMMITTED; False if the lease was lost."""
+        stmt = (
+            sa.update(audit_table)
+            .where(self._holding(claim))
+            .values(
+                state=FileState.COMMITTED.value,
+                committed_at=self._now,
+                rows_written=rows_written,
+                rows_rejected=rows_rejected,
+                last_error=None,
+                error_kind=None,
+                claimed_by=None,
+                updated_at=self._now,
+            )
+        )
+        if self._execute(stmt).rowcount == 1:
+            return True
+        # A retried statement may have committed the first time: that is still a success.
+        row = self.get(claim.pipeline, claim.file_hash)
+        return row is not None and row.state == FileState.COMMITTED.value and row.claim_token == claim.token
+
+    def fail(self, claim: Claim, error: str, kind: ErrorKind) -> bool:
+        """PROCESSING -> FAILED with its reason; False if the lease was lost."""
+        stmt = (
+            sa.update(audit_table)
+            .where(self._holding(claim))
+            .values(
+                state=FileState.FAILED.value,
+                last_error=error,
+                error_kind=kind.value,
+                claimed_by=None,
+                updated_at=self._now,
+            )
+        )
+        return self._execute(stmt).rowcount == 1
+
+    def release(self, claim: Claim, error: str, retry_cap: int) -> bool:
+        """PROCESSING -> PENDING (claimable again), or FAILED if retry_cap attempts are used."""
+        exhausted = claim.attempts >= retry_cap
+        stmt = (
+            sa.update(audit_table)
+            .where(self._holding(claim))
+            .values(
+                state=(FileState.FAILED if exhausted else FileState.PENDING).value,
+                last_error=error,
+                error_kind=(ErrorKind.TRANSIENT if exhausted else ErrorKind.CHANGED).value,
+                claimed_by=None,
+                updated_at=self._now,
+            )
+        )
+        return self._execute(stmt).rowcount == 1
+
+    def requeue(self, file_hashes: Sequence[str] | None, pipeline: str | None = None) -> int:
+        """FAILED -> PENDING with attempts 0 (all FAILED files when ``file_hashes`` is None)."""
+        where = [_t.state == FileState.FAILED.value]
+        if pipeline:
+            where.append(_t.pipeline == pipeline)
+        if file_hashes is not None:
+            if not file_hashes:
+                return 0
+            where.append(_t.file_hash.in_(list(file_hashes)))
+        stmt = (
+            sa.update(audit_table)
+            .where(*where)
+            .values(
+                state=FileState.PENDING.value,
+                attempts=0,
+                error_kind=None,
+                updated_at=self._now,
+            )
+        )
+        return self._execute(stmt).rowcount
+
+    # -- queries --------------------------------------------------------------------------
+
+    def counts(self, pipeline: str | None = None) -> dict[str, int]:
+        """Number of files in each state (every state present, zero included)."""
+        stmt = sa.select(_t.state, sa.func.count()).group_by(_t.state)
+        if pipeline:
+            stmt = stmt.where(_t.pipeline == pipeline)
+        found = {state: int(n) for state, n in self._execute(stmt).rows}
+        return {state.value: found.get(state.value, 0) for state in FileState}
+
+    def get(self, pipeline: str, file_hash: str) -> AuditRow | None:
+        rows = self.rows(pipeline=pipeline, file_hashes=[file_hash])
+        return rows[0] if rows else None
+
+    def rows(
+        self,
+        pipeline: str | None = None,
+        state: str | None = None,
+        file_hashes: Iterable[str] | None = None,
+    ) -> list[AuditRow]:
+        """Audit rows, oldest first, optionally filtered."""
+        stmt = sa.select(*[audit_table.c[f] for f in AuditRow.__dataclass_fields__]).order_by(
+            _t.created_at, _t.path
+        )
+        if pipeline:
+            stmt = stmt.where(_t.pipeline == pipeline)
+        if state:
+            stmt = stmt.where(_t.state == state)
+        if file_hashes is not None:
+            stmt = stmt.where(_t.file_hash.in_(list(file_hashes)))
+        out = []
+        for row in self._execute(stmt).rows:
+            data = dict(row._mapping)
+            for key in ("claimed_at", "committed_at", "created_at", "updated_at"):
+                data[key] = parse_timestamp(data[key])
+            out.append(AuditRow(**data))
+        return out
+
+    def rows_for(self, pipeline: str, file_hashes: Sequence[str]) -> dict[str, AuditRow]:
+        """The audit rows of many hashes of one pipeline, by hash (queried in chunks)."""
+        found: dict[str, AuditRow] = {}
+        for start in range(0, len(file_hashes), 500):
+            for row in self.rows(pipeline=pipeline, file_hashes=file_hashes[start : start + 500]):
+                found[row.file_hash] = row
+        return found
+
+    def resolve_hashes(self, prefixes: Sequence[str], pipeline: str | None = None) -> list[str]:
+        """Full hashes for unique hash prefixes; UsageError for unknown or ambiguous ones."""
+        resolved = []
+        for prefix in prefixes:
+            key = prefix.strip().lower()
+            if not key or any(c not in "0123456789abcdef" for c in key):
+                raise UsageError(f"--hash {prefix!r}: not a hexadecimal hash or prefix")
+            stmt = sa.select(sa.distinct(_t.file_hash)).where(_t.file_hash.like(key + "%")).limit(2)
+            if pipeline:
+                stmt = stmt.where(_t.pipeline == pipeline)
+            found = [row[0] for row in self._execute(stmt).rows]
+            if not found:
+                raise UsageError(f"--hash {prefix}: no file with this hash in the audit table")
+            if len(found) > 1:
+                raise UsageError(f"--hash {prefix}: prefix matches more than one file; give more characters")
+            resolved.append(found[0])
+        return resolved
+
+
+@dataclass
+class _Buffered:
+    rows: list[Any]
+    rowcount: int
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.close()

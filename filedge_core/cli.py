@@ -1,0 +1,183 @@
+"""The ``filedge`` command: thin commands over the core; errors become one line and an exit code.
+
+Heavy modules (polars, SQLAlchemy) are imported inside the commands that need them, so
+``filedge --help`` and ``filedge status`` start fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from .errors import FiledgeError
+
+DEFAULT_AUDIT_URL = "sqlite:///filedge.db"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    from .dburl import mask
+
+    click.echo(f"filedge: error: {mask(message)}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn filedge's errors into one line on stderr and the error's exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FiledgeError as exc:
+            _fail(exc.message, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:  # the last line of defence: no traceback for users
+            if os.environ.get("FILEDGE_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set FILEDGE_DEBUG=1 for a traceback)", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+audit_option = click.option(
+    "--audit-db-url",
+    envvar="FILEDGE_AUDIT_DB_URL",
+    default=DEFAULT_AUDIT_URL,
+    show_default=True,
+    metavar="URL",
+    help="Audit database (sqlite:///file.db or postgresql://...). Env: FILEDGE_AUDIT_DB_URL.",
+)
+pipeline_option = click.option("--pipeline", metavar="NAME", help="Only this pipeline's files.")
+
+
+def _audit(url: str) -> Any:
+    from .audit import AuditStore
+
+    store = AuditStore(url)
+    store.ensure_schema()
+    return store
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="filedge", prog_name="filedge")
+def main() -> None:
+    """Load files into database tables exactly once, tracked by content hash."""
+
+
+@main.command()
+@click.option("--dir", "directory", required=True, metavar="DIR", help="Directory whose files are loaded.")
+@click.option("--config", "config_path", required=True, metavar="FILE", help="Pipeline YAML file.")
+@audit_option
+@handle_errors
+def run(directory: str, config_path: str, audit_db_url: str) -> None:
+    """Load every new file in DIR once; reclaim stale leases; retry failed files.
+
+    Prints `Committed: N Failed: N Skipped: N New: N Reclaimed: N Retried: N`. Exit code 0 when
+    every file is committed or needed no work, 1 when any file failed, 2 for usage or
+    configuration errors."""
+    from .config import load_pipeline
+    from .runner import FileResult, run_pipeline
+
+    config = load_pipeline(config_path)
+    audit = _audit(audit_db_url)
+
+    def report(result: FileResult) -> None:
+        if not result.committed:
+            click.echo(f"filedge: {result.outcome.upper()} {result.path} ({result.file_hash[:12]}): {result.error}", err=True)
+
+    try:
+        summary = run_pipeline(config, directory, audit, on_result=report)
+    finally:
+        audit.dispose()
+    for warning in summary.warnings:
+        click.echo(f"filedge: warning: {warning}", err=True)
+    click.echo(summary.line())
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@audit_option
+@pipeline_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of lines.")
+@handle_errors
+def status(audit_db_url: str, pipeline: str | None, as_json: bool) -> None:
+    """Count files in each state: PENDING, PROCESSING, COMMITTED, FAILED."""
+    counts = _audit(audit_db_url).counts(pipeline)
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        for state, count in counts.items():
+            click.echo(f"{state}: {count}")
+
+
+@main.command()
+@audit_option
+@pipeline_option
+@click.option("--hash", "hashes", multiple=True, metavar="H", help="A FAILED file's hash (or unique prefix). Repeatable.")
+@click.option("--all", "all_failed", is_flag=True, help="Every FAILED file.")
+@handle_errors
+def requeue(audit_db_url: str, pipeline: str | None, hashes: tuple[str, ...], all_failed: bool) -> None:
+    """Reset FAILED files to PENDING with attempts 0, so the next run loads them.
+
+    PROCESSING and COMMITTED files are never touched."""
+    from .errors import UsageError
+
+    if bool(hashes) == all_failed:
+        raise UsageError("requeue: give --hash H (one or more) or --all")
+    audit = _audit(audit_db_url)
+    targets = None if all_failed else audit.resolve_hashes(hashes, pipeline)
+    count = audit.requeue(targets, pipeline)
+    if targets is not None and count < len(set(targets)):
+        click.echo(f"filedge: warning: {len(set(targets)) - count} file(s) were not FAILED and were left as they are", err=True)
+    click.echo(f"Requeued: {count}")
+
+
+@main.command(name="list")
+@audit_option
+@pipeline_option
+@click.option(
+    "--state",
+    type=click.Choice(["PENDING", "PROCESSING", "COMMITTED", "FAILED"], case_sensitive=False),
+    help="Only files in this state.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines with every audit column.")
+@handle_errors
+def list_files(audit_db_url: str, pipeline: str | None, state: str | None, as_json: bool) -> None:
+    """One line per file: short hash, path, state, attempts, rows, last error."""
+    rows = _audit(audit_db_url).rows(pipeline=pipeline, state=state.upper() if state else None)
+    for row in rows:
+        if as_json:
+            data = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.__dict__.items()}
+            click.echo(json.dumps(data))
+            continue
+        rows_text = "-" if row.rows_written is None else str(row.rows_written)
+        error = f"  {row.last_error}" if row.last_error else ""
+        click.echo(f"{row.file_hash[:12]}  {row.path}  {row.state}  attempts={row.attempts}  rows={rows_text}{error}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, metavar="FILE", help="Pipeline YAML file.")
+@handle_errors
+def validate(config_path: str) -> None:
+    """Check a pipeline configuration file and print what it resolves to."""
+    from .config import load_pipeline
+    from .dburl import mask
+
+    config = load_pipeline(config_path)
+    click.echo(
+        f"OK: pipeline {config.name!r}: {config.format} -> {config.connector.type} "
+        f"{mask(config.connector.url)} table {config.dest_table!r}, {len(config.columns)} column(s), "
+        f"write_mode {config.write_mode}, retry_cap {config.retry_cap}, "
+        f"stale_timeout_minutes {config.stale_timeout_minutes:g}"
+    )
+
+
+if __name__ == "__main__":
+    main()

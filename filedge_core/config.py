@@ -1,0 +1,214 @@
+"""Pipeline configuration: YAML file -> validated ``PipelineConfig``.
+
+This is the one place that decides what a valid configuration is. Errors name the file and
+the key (``columns[1].type: unknown type 'flaot'``); unknown keys are errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .dburl import resolve_sqlite_path
+from .errors import ConfigError
+from .identifiers import check_identifier
+
+COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
+CONNECTOR_TYPES = ("sqlite", "postgresql")
+FORMATS = ("csv",)
+WRITE_MODES = ("append",)
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _one_of(kind: str, allowed: tuple[str, ...], value: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r} (expected one of: {', '.join(allowed)})")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Model):
+    """One destination column and the source column it is read from."""
+
+    source: str = Field(min_length=1)
+    dest: str = ""
+    type: str = "string"
+    required: bool = False
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return _one_of("type", COLUMN_TYPES, value)
+
+    @field_validator("dest")
+    @classmethod
+    def _dest(cls, value: str) -> str:
+        return check_identifier(value) if value else value
+
+    @model_validator(mode="after")
+    def _default_dest(self) -> "ColumnSpec":
+        if not self.dest:
+            object.__setattr__(self, "dest", check_identifier(self.source))
+        return self
+
+
+class ConnectorSpec(_Model):
+    """Where the rows go."""
+
+    type: str
+    url: str = Field(min_length=1)
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return _one_of("connector type", CONNECTOR_TYPES, value)
+
+
+class PipelineConfig(_Model):
+    """A validated pipeline. ``url`` of the connector is already resolved (env vars, paths)."""
+
+    name: str = ""
+    format: str = "csv"
+    dest_table: str
+    write_mode: str = "append"
+    retry_cap: int = Field(default=3, ge=1)
+    stale_timeout_minutes: float = Field(default=30, gt=0)
+    connector: ConnectorSpec
+    columns: list[ColumnSpec] = Field(min_length=1)
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        return _one_of("format", FORMATS, value)
+
+    @field_validator("write_mode")
+    @classmethod
+    def _write_mode(cls, value: str) -> str:
+        return _one_of("write_mode", WRITE_MODES, value)
+
+    @field_validator("dest_table")
+    @classmethod
+    def _dest_table(cls, value: str) -> str:
+        return check_identifier(value, qualified=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9_.\-]{1,200}$", value):
+            raise ValueError(f"{value!r}: use letters, digits, '_', '-' and '.'")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _unique_dest(cls, columns: list[ColumnSpec]) -> list[ColumnSpec]:
+        seen: set[str] = set()
+        for column in columns:
+            key = column.dest.lower()
+            if key in seen:
+                raise ValueError(f"destination column {column.dest!r} appears twice")
+            if key.startswith("_filedge"):
+                raise ValueError(f"{column.dest!r}: names starting with '_filedge' are reserved")
+            seen.add(key)
+        return columns
+
+    @model_validator(mode="after")
+    def _default_name(self) -> "PipelineConfig":
+        if not self.name:
+            object.__setattr__(self, "name", self.dest_table)
+        return self
+
+    @property
+    def stale_timeout_seconds(self) -> float:
+        return self.stale_timeout_minutes * 60.0
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 of the normalized configuration (recorded with every file)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    return str(error["msg"])
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line naming the file, the first offending key and what is wrong with it."""
+    errors = exc.errors()
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {_loc(first['loc'])}: {_describe(first)}{more}"
+
+
+def _expand_env(url: str, source: str) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{source}: connector.url: environment variable {name!r} is not set")
+        return os.environ[name]
+
+    return _ENV_VAR.sub(repl, url)
+
+
+def parse_pipeline(data: Any, source: str = "<config>", base_dir: Path | None = None) -> PipelineConfig:
+    """Validate an already-parsed mapping. Relative SQLite paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    url = _expand_env(config.connector.url, source)
+    try:
+        url = resolve_sqlite_path(url, base_dir or Path.cwd())
+    except ValueError as exc:
+        raise ConfigError(f"{source}: connector.url: {exc}") from None
+    connector = config.connector.model_copy(update={"url": url})
+    return config.model_copy(update={"connector": connector})
+
+
+def load_pipeline(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    return parse_pipeline(data, str(path), path.resolve().parent)

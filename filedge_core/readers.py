@@ -1,0 +1,148 @@
+"""Reading a file's bytes into a typed, validated polars frame (one function per format).
+
+Casting and validation run as polars expressions, never per row in Python. Problems are
+``DataError``s that name the row, the line, the column and the value."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from .config import ColumnSpec, PipelineConfig
+from .errors import DataError
+
+MAX_REPORTED_ERRORS = 20
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M")
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One bad value: 0-based data row index, source column, raw value, reason."""
+
+    row: int
+    column: str
+    value: str | None
+    reason: str
+
+
+def _parse_datetime(stripped: pl.Expr) -> pl.Expr:
+    normalized = stripped.str.replace("T", " ", literal=True).str.replace(r"[Zz]$", "+00:00")
+    with_offset = normalized.str.to_datetime("%Y-%m-%d %H:%M:%S%.f%:z", strict=False, time_zone="UTC")
+    naive = [
+        normalized.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+        for fmt in _DATETIME_FORMATS
+    ]
+    date_only = normalized.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    return pl.coalesce(with_offset.dt.cast_time_unit("us"), *naive, date_only)
+
+
+def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
+    """Expression turning the raw string column into the configured type (null where invalid)."""
+    if column.type == "string":
+        return raw
+    stripped = raw.str.strip_chars()
+    if column.type == "int":
+        return stripped.cast(pl.Int64, strict=False)
+    if column.type == "float":
+        return stripped.cast(pl.Float64, strict=False)
+    if column.type == "bool":
+        return stripped.str.to_lowercase().replace_strict(_BOOL_WORDS, default=None, return_dtype=pl.Boolean)
+    if column.type == "date":
+        return stripped.str.to_date("%Y-%m-%d", strict=False)
+    if column.type == "datetime":
+        return _parse_datetime(stripped)
+    raise AssertionError(column.type)  # config validation makes this unreachable
+
+
+def _empty(raw: pl.Expr) -> pl.Expr:
+    return raw.is_null() | (raw.str.strip_chars() == "")
+
+
+def read_csv_bytes(data: bytes, source_name: str = "file") -> pl.DataFrame:
+    """Parse CSV bytes into an all-string frame, exactly as written (empty fields stay "")."""
+    if not data.strip():
+        raise DataError("file is empty (no header row)")
+    try:
+        return pl.read_csv(io.BytesIO(data), infer_schema=False, empty_string_is_null=False)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot parse CSV: {first}") from None
+
+
+def validate(frame: pl.DataFrame, columns: Sequence[ColumnSpec]) -> tuple[pl.DataFrame, list[RowProblem]]:
+    """Cast the raw frame to the configured columns; return the typed frame and the bad values."""
+    missing = [c.source for c in columns if c.source not in frame.columns]
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {names} (file has: {', '.join(frame.columns)})")
+    typed_exprs = []
+    check_exprs = []
+    for i, column in enumerate(columns):
+        raw = pl.col(column.source)
+        converted = _convert(column, raw)
+        typed_exprs.append(converted.alias(column.dest))
+        empty = _empty(raw)
+        missing_required = empty if column.required else pl.lit(False)
+        bad_value = (~empty & converted.is_null()) if column.type != "string" else pl.lit(False)
+        problem = pl.when(missing_required).then(pl.lit(1)).when(bad_value).then(pl.lit(2)).otherwise(pl.lit(0))
+        check_exprs.append(problem.cast(pl.Int8).alias(f"__check_{i}"))
+    checks = frame.select(check_exprs)
+    problems: list[RowProblem] = []
+    flagged = checks.with_row_index("__row").filter(pl.any_horizontal(pl.all().exclude("__row") > 0))
+    for row in flagged.head(MAX_REPORTED_ERRORS).iter_rows(named=True):
+        index = row["__row"]
+        for i, column in enumerate(columns):
+            code = row[f"__check_{i}"]
+            if not code:
+                continue
+            value = frame[column.source][index]
+            reason = "required value is missing" if code == 1 else f"{value!r} is not a valid {column.type}"
+            problems.append(RowProblem(index, column.source, value, reason))
+    return frame.select(typed_exprs), problems
+
+
+def _record_lines(data: bytes, rows: Sequence[int]) -> dict[int, int]:
+    """Physical line number (1-based) where each requested 0-based data row starts."""
+    wanted = set(rows)
+    found: dict[int, int] = {}
+    try:
+        reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
+        next(reader)  # header
+        start = reader.line_num + 1
+        for index, _ in enumerate(reader):
+            if index in wanted:
+                found[index] = start
+                if len(found) == len(wanted):
+                    break
+            start = reader.line_num + 1
+    except (csv.Error, StopIteration):
+        pass
+    return found
+
+
+def describe_problems(data: bytes, problems: Sequence[RowProblem]) -> str:
+    """``row 2 (line 3), column 'amount': 'abc' is not a valid float`` (+ how many more)."""
+    lines = _record_lines(data, [p.row for p in problems])
+    parts = []
+    for p in problems:
+        line = f" (line {lines[p.row]})" if p.row in lines else ""
+        parts.append(f"row {p.row + 1}{line}, column {p.column!r}: {p.reason}")
+    text = "; ".join(parts[:5])
+    if len(problems) > 5:
+        text += f"; and more ({len(problems)} shown of at most {MAX_REPORTED_ERRORS})"
+    return text
+
+
+def read_file(data: bytes, config: PipelineConfig) -> pl.DataFrame:
+    """The file's rows, typed and validated as ``config`` says; ``DataError`` on any bad value."""
+    frame = read_csv_bytes(data)
+    typed, problems = validate(frame, config.columns)
+    if problems:
+        raise DataError(describe_problems(data, problems))
+    return typed

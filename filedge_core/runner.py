@@ -1,0 +1,265 @@
+"""The one ingestion path: scan -> register -> claim -> read/validate -> write -> commit.
+
+The command line and the Dagster asset both call these functions; neither re-implements a step."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import readers
+from .audit import AuditStore, Claim, ErrorKind, FileState
+from .config import PipelineConfig
+from .connectors import Connector, FileWrite, open_connector
+from .errors import FiledgeError, FileChanged, FileOutcome, LeaseLost, TransientError
+from .faults import checkpoint
+from .scan import Candidate, hash_bytes, hash_file, list_candidates
+
+# Where each error class sends the file's audit row: the one place this is decided.
+_FAIL_KIND = {FileOutcome.TERMINAL: ErrorKind.DATA, FileOutcome.RETRY: ErrorKind.TRANSIENT}
+
+
+def worker_id() -> str:
+    """This process's identity in ``claimed_by``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one claimed file."""
+
+    file_hash: str
+    path: str
+    outcome: str  # "committed" | "failed" | "released" | "fenced"
+    rows_written: int = 0
+    error: str | None = None
+    attempts: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def committed(self) -> bool:
+        return self.outcome == "committed"
+
+
+@dataclass
+class RunSummary:
+    """The counters of one run, printed as the summary line."""
+
+    committed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    new: int = 0
+    reclaimed: int = 0
+    retried: int = 0
+    results: list[FileResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"Committed: {self.committed} Failed: {self.failed} Skipped: {self.skipped} "
+            f"New: {self.new} Reclaimed: {self.reclaimed} Retried: {self.retried}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+class Heartbeat:
+    """Renews a lease in the background while its file is processed."""
+
+    def __init__(self, audit: AuditStore, claim: Claim, interval_s: float) -> None:
+        self.audit = audit
+        self.claim = claim
+        self.interval_s = interval_s
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="filedge-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.audit.heartbeat(self.claim):
+                    self.lost = True
+                    return
+            except FiledgeError:
+                continue  # the audit DB may come back before the lease goes stale
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def heartbeat_interval(config: PipelineConfig) -> float:
+    """Renew four times per stale timeout, at most once a minute."""
+    return max(0.05, min(config.stale_timeout_seconds / 4.0, 60.0))
+
+
+def _read_snapshot(path: str, claim: Claim) -> bytes:
+    """The file's bytes, which must be exactly the bytes that were hashed."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileChanged(f"{path}: file disappeared before it was read") from None
+    except IsADirectoryError:
+        raise FileChanged(f"{path}: is now a directory") from None
+    except OSError as exc:
+        raise TransientError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if hash_bytes(data) != claim.file_hash:
+        raise FileChanged(f"{path}: file changed while being read (content hash differs)")
+    return data
+
+
+def process_claim(
+    claim: Claim, path: str, config: PipelineConfig, audit: AuditStore, connector: Connector
+) -> FileResult:
+    """Load one claimed file and settle its audit row. Never raises for the file's own problems."""
+    started = time.monotonic()
+    with Heartbeat(audit, claim, heartbeat_interval(config)):
+        try:
+            checkpoint("after_claim")
+            data = _read_snapshot(path, claim)
+            frame = readers.read_file(data, config)
+            rows = connector.write(FileWrite(claim.pipeline, claim.file_hash, claim.token, frame))
+            checkpoint("after_dest_commit")
+            if not audit.commit(claim, rows):
+                raise LeaseLost("lease lost after the destination write; the newer claim will rewrite the file")
+            checkpoint("after_audit_commit")
+            return FileResult(
+                claim.file_hash, path, "committed", rows, None, claim.attempts, time.monotonic() - started
+            )
+        except FiledgeError as exc:
+            error = exc
+        except Exception as exc:  # an unforeseen failure is retried like a transient one
+            error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
+    outcome = settle(audit, claim, error, config.retry_cap)
+    return FileResult(claim.file_hash, path, outcome, 0, str(error), claim.attempts, time.monotonic() - started)
+
+
+def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -> str:
+    """Record a failed attempt as its error class says; return the outcome name."""
+    if exc.outcome is FileOutcome.FENCED:
+        return "fenced"
+    if exc.outcome is FileOutcome.RELEASE:
+        audit.release(claim, str(exc), retry_cap)
+        return "released"
+    audit.fail(claim, str(exc), _FAIL_KIND[exc.outcome])
+    return "failed"
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A candidate and its content hash."""
+
+    candidate: Candidate
+    file_hash: str
+
+
+def scan_directory(directory: str | os.PathLike[str], config: PipelineConfig, summary: RunSummary) -> list[ScannedFile]:
+    """Hash every candidate file; unreadable ones become warnings and failures."""
+    scanned = []
+    for candidate in list_candidates(directory, config.include, config.exclude):
+        try:
+            scanned.append(ScannedFile(candidate, hash_file(candidate.path)))
+        except FileNotFoundError:
+            continue  # removed since it was listed: nothing to load
+        except OSError as exc:
+            summary.failed += 1
+            summary.warnings.append(f"{candidate.path}: cannot read: {exc.strerror or exc}")
+    return scanned
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    directory: str | os.PathLike[str],
+    audit: AuditStore,
+    worker: str | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> RunSummary:
+    """One pass over ``directory``: every file that needs work is claimed and loaded once."""
+    worker = worker or worker_id()
+    summary = RunSummary()
+    audit.ensure_schema()
+    scanned = scan_directory(directory, config, summary)
+
+    reclaimed = audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
+    summary.reclaimed = reclaimed.pending
+    for file_hash in reclaimed.lost:
+        summary.failed += 1
+        summary.warnings.append(f"{file_hash[:12]}: FAILED: worker lost {config.retry_cap}+ times")
+
+    by_hash: dict[str, list[ScannedFile]] = {}
+    for item in scanned:
+        by_hash.setdefault(item.file_hash, []).append(item)
+    config_hash = config.config_hash
+    for file_hash, items in by_hash.items():
+        first = items[0].candidate
+        if audit.register(config.name, file_hash, str(first.path), first.size, config_hash):
+            summary.new += 1
+
+    known = audit.rows_for(config.name, list(by_hash))
+    todo = []
+    for file_hash, items in by_hash.items():
+        row = known.get(file_hash)
+        if row is not None and row.claimable(config.retry_cap):
+            todo.append(file_hash)
+            summary.skipped += len(items) - 1  # the same bytes under other names
+        else:
+            summary.skipped += len(items)
+            if row is not None and row.state == FileState.FAILED.value:
+                summary.warnings.append(
+                    f"{items[0].candidate.path}: FAILED after {row.attempts} attempt(s), needs "
+                    f"`filedge requeue --hash {file_hash[:12]}`: {row.last_error}"
+                )
+    if not todo:
+        return summary
+
+    connector = open_connector(config)
+    try:
+        connector.prepare()  # before any claim: a bad destination charges no file
+        for file_hash in todo:
+            claim = audit.claim(config.name, file_hash, worker, config.retry_cap, config_hash)
+            if claim is None:  # another worker got there first
+                summary.skipped += 1
+                continue
+            if claim.previous_state == FileState.FAILED.value:
+                summary.retried += 1
+            result = process_claim(claim, str(by_hash[file_hash][0].candidate.path), config, audit, connector)
+            _tally(summary, result)
+            if on_result:
+                on_result(result)
+    finally:
+        connector.close()
+    return summary
+
+
+def _tally(summary: RunSummary, result: FileResult) -> None:
+    summary.results.append(result)
+    if result.outcome == "committed":
+        summary.committed += 1
+    elif result.outcome == "fenced":
+        summary.skipped += 1
+        summary.warnings.append(f"{result.path}: {result.error}")
+    else:
+        summary.failed += 1
+
+
+__all__ = [
+    "FileResult",
+    "Heartbeat",
+    "RunSummary",
+    "process_claim",
+    "run_pipeline",
+    "scan_directory",
+    "settle",
+    "worker_id",
+]

@@ -1,0 +1,72 @@
+"""Discovery: which files in a directory are candidates, and their content hash."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+HASH_CHUNK = 1 << 20
+_TEMP_SUFFIXES = (".tmp", ".part")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A regular file directly inside the scanned directory."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def is_ignored(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Hidden and temporary names are never candidates; then ``include``/``exclude`` globs apply."""
+    if name.startswith(".") or name.endswith(_TEMP_SUFFIXES):
+        return True
+    if include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
+        return True
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+
+
+def list_candidates(
+    directory: str | os.PathLike[str], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Candidate]:
+    """Regular files directly in ``directory`` (symlinks are not followed), sorted by name."""
+    directory = Path(directory).absolute()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        raise ConfigError(f"{directory}: no such directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{directory}: not a directory") from None
+    except PermissionError:
+        raise ConfigError(f"{directory}: permission denied") from None
+    found = []
+    for entry in entries:
+        if is_ignored(entry.name, include, exclude):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished between listing and stat
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns))
+    found.sort(key=lambda c: c.path.name)
+    return found
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's content, read in constant memory."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,1 @@
+"""filedge's Dagster code location. It uses only ``filedge_core``'s public API."""

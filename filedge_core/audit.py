@@ -457,7 +457,7 @@ class AuditStore:
             key = prefix.strip().lower()
             if not key or any(c not in "0123456789abcdef" for c in key):
                 raise UsageError(f"--hash {prefix!r}: not a hexadecimal hash or prefix")
-            stmt = sa.select(sa.distinct(_t.file_hash)).where(_t.file_hash.like(key + "%")).limit(2)
+            stmt = sa.select(_t.file_hash).distinct().where(_t.file_hash.like(key + "%")).limit(2)
             if pipeline:
                 stmt = stmt.where(_t.pipeline == pipeline)
             found = [row[0] for row in self._execute(stmt).rows]

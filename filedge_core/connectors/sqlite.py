@@ -11,7 +11,7 @@ import polars as pl
 
 from ..config import PipelineConfig
 from ..dburl import mask, sqlite_path
-from ..errors import ConfigError, DatabaseUnavailable, LeaseLost
+from ..errors import ConfigError, DatabaseUnavailable, LeaseLost, TransientError
 from ..faults import checkpoint
 from ..identifiers import quote
 from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite
@@ -58,8 +58,8 @@ class SqliteConnector:
             yield
         except sqlite3.OperationalError as exc:
             raise DatabaseUnavailable(f"destination {self.display_url}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseUnavailable(f"destination {self.display_url}: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # e.g. a constraint or trigger refused the rows
+            raise TransientError(f"destination {self.display_url}: {exc}") from None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -1,0 +1,247 @@
+"""The audit state machine on a real SQLite file: every transition and its losing side."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from filedge_core.audit import AuditStore, ErrorKind, FileState
+from filedge_core.errors import DatabaseUnavailable, UsageError
+
+P = "orders"
+H1 = "a" * 64
+H2 = "b" * 64
+
+
+def register(audit: AuditStore, file_hash: str = H1) -> bool:
+    return audit.register(P, file_hash, f"/in/{file_hash[:4]}.csv", 10, "cfg")
+
+
+def state(audit: AuditStore, file_hash: str = H1) -> str:
+    row = audit.get(P, file_hash)
+    assert row is not None
+    return row.state
+
+
+def set_claimed_at(audit: AuditStore, value: str, file_hash: str = H1) -> None:
+    """Write claimed_at as raw text, like another tool would."""
+    with sqlite3.connect(audit.url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE etl_file_audit SET claimed_at = ? WHERE file_hash = ?", (value, file_hash))
+
+
+def test_register_is_idempotent(audit: AuditStore) -> None:
+    assert register(audit) is True
+    assert register(audit) is False
+    assert audit.counts() == {"PENDING": 1, "PROCESSING": 0, "COMMITTED": 0, "FAILED": 0}
+
+
+def test_same_hash_in_two_pipelines_is_two_files(audit: AuditStore) -> None:
+    assert audit.register("a", H1, "/x", 1, "c") and audit.register("b", H1, "/x", 1, "c")
+    assert audit.counts("a")["PENDING"] == 1 and audit.counts()["PENDING"] == 2
+
+
+def test_claim_counts_attempt_and_bumps_token(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w1", retry_cap=3, config_hash="cfg")
+    assert claim is not None
+    assert (claim.token, claim.attempts, claim.previous_state) == (1, 1, "PENDING")
+    row = audit.get(P, H1)
+    assert row.state == "PROCESSING" and row.claimed_by == "w1" and row.claimed_at is not None
+
+
+def test_double_claim_has_one_winner(audit: AuditStore) -> None:
+    register(audit)
+    first = audit.claim(P, H1, "w1", 3, "cfg")
+    second = audit.claim(P, H1, "w2", 3, "cfg")
+    assert first is not None and second is None
+    assert audit.get(P, H1).claimed_by == "w1"
+
+
+def test_concurrent_claims_from_threads_have_one_winner(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    setup = AuditStore(url)
+    setup.ensure_schema()
+    register(setup)
+    winners = []
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        store = AuditStore(url)
+        barrier.wait()
+        if store.claim(P, H1, f"w{i}", 3, "cfg"):
+            winners.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+
+
+def test_commit_needs_the_current_token(audit: AuditStore) -> None:
+    register(audit)
+    old = audit.claim(P, H1, "w1", 3, "cfg")
+    set_claimed_at(audit, "2000-01-01 00:00:00")
+    assert audit.reclaim_stale(P, 60, 3).pending == 1
+    new = audit.claim(P, H1, "w2", 3, "cfg")
+    assert new.token == old.token + 1
+    assert audit.commit(old, 5) is False  # the zombie's commit changes nothing
+    assert audit.heartbeat(old) is False
+    assert audit.fail(old, "boom", ErrorKind.DATA) is False
+    assert state(audit) == "PROCESSING"
+    assert audit.commit(new, 5) is True
+    row = audit.get(P, H1)
+    assert (row.state, row.rows_written, row.attempts) == ("COMMITTED", 5, 2)
+    assert row.committed_at is not None
+
+
+def test_committed_file_is_not_claimed_again(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w1", 3, "cfg")
+    audit.commit(claim, 1)
+    assert audit.claim(P, H1, "w1", 3, "cfg") is None
+
+
+def test_stale_lease_just_under_and_just_over_timeout(audit: AuditStore) -> None:
+    register(audit)
+    audit.claim(P, H1, "w1", 3, "cfg")
+    timeout = 600.0
+    with sqlite3.connect(audit.url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE etl_file_audit SET claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-590 seconds')")
+    assert audit.reclaim_stale(P, timeout, 3).pending == 0
+    assert state(audit) == "PROCESSING"
+    with sqlite3.connect(audit.url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE etl_file_audit SET claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-610 seconds')")
+    assert audit.reclaim_stale(P, timeout, 3).pending == 1
+    assert state(audit) == "PENDING"
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        lambda dt: dt.isoformat(),  # the walkthrough: 2026-01-01T10:00:00.123456+00:00
+        lambda dt: dt.strftime("%Y-%m-%d %H:%M:%S"),  # plain SQL text
+        lambda dt: dt.astimezone(timezone(timedelta(hours=5))).isoformat(),  # another offset
+        lambda dt: dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    ],
+    ids=["iso-offset", "plain", "iso-plus5", "iso-z"],
+)
+def test_claimed_at_written_by_other_tools(audit: AuditStore, fmt) -> None:
+    register(audit)
+    audit.claim(P, H1, "w1", 3, "cfg")
+    now = datetime.now(timezone.utc)
+    set_claimed_at(audit, fmt(now - timedelta(minutes=5)))
+    assert audit.reclaim_stale(P, 600, 3).pending == 0, "a 5-minute-old lease is fresh under a 10-minute timeout"
+    set_claimed_at(audit, fmt(now - timedelta(minutes=15)))
+    assert audit.reclaim_stale(P, 600, 3).pending == 1
+    read_back = audit.get(P, H1).claimed_at
+    assert abs(read_back - (now - timedelta(minutes=15))) < timedelta(seconds=1)
+
+
+def test_heartbeat_keeps_lease_fresh(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w1", 3, "cfg")
+    set_claimed_at(audit, "2000-01-01 00:00:00")
+    assert audit.heartbeat(claim) is True
+    assert audit.reclaim_stale(P, 60, 3).pending == 0
+
+
+def test_lost_worker_at_retry_cap_fails_instead_of_looping(audit: AuditStore) -> None:
+    register(audit)
+    for attempt in (1, 2):
+        claim = audit.claim(P, H1, "w", 2, "cfg")
+        assert claim.attempts == attempt
+        set_claimed_at(audit, "2000-01-01 00:00:00")
+        result = audit.reclaim_stale(P, 60, 2)
+        if attempt == 1:
+            assert result.pending == 1 and result.lost == []
+    assert result.pending == 0 and result.lost == [H1]
+    row = audit.get(P, H1)
+    assert row.state == "FAILED" and row.last_error == "worker lost 2 times" and row.error_kind == "lost"
+    assert audit.claim(P, H1, "w", 2, "cfg") is None
+
+
+def test_data_error_is_terminal(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w", 3, "cfg")
+    assert audit.fail(claim, "row 1, column 'a': bad", ErrorKind.DATA)
+    assert state(audit) == "FAILED"
+    assert audit.claim(P, H1, "w", 3, "cfg") is None
+
+
+def test_transient_failure_is_retried_until_cap(audit: AuditStore) -> None:
+    register(audit)
+    for attempt in (1, 2):
+        claim = audit.claim(P, H1, "w", 2, "cfg")
+        assert claim is not None and claim.attempts == attempt
+        assert claim.previous_state == ("PENDING" if attempt == 1 else "FAILED")
+        audit.fail(claim, "destination down", ErrorKind.TRANSIENT)
+    assert audit.claim(P, H1, "w", 2, "cfg") is None
+    assert audit.get(P, H1).claimable(2) is False
+
+
+def test_release_returns_to_pending_until_cap(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w", 2, "cfg")
+    assert audit.release(claim, "file changed", 2)
+    assert state(audit) == "PENDING"
+    claim = audit.claim(P, H1, "w", 2, "cfg")
+    audit.release(claim, "file changed", 2)
+    assert state(audit) == "FAILED"
+
+
+def test_requeue_only_touches_failed(audit: AuditStore) -> None:
+    hashes = ["1" * 64, "2" * 64, "3" * 64, "4" * 64]
+    for h in hashes:
+        register(audit, h)
+    c1 = audit.claim(P, hashes[0], "w", 3, "cfg")
+    audit.fail(c1, "bad", ErrorKind.DATA)
+    c2 = audit.claim(P, hashes[1], "w", 3, "cfg")
+    audit.commit(c2, 1)
+    audit.claim(P, hashes[2], "w", 3, "cfg")  # PROCESSING
+    assert audit.requeue(hashes) == 1
+    row = audit.get(P, hashes[0])
+    assert (row.state, row.attempts) == ("PENDING", 0)
+    assert [state(audit, h) for h in hashes] == ["PENDING", "COMMITTED", "PROCESSING", "PENDING"]
+    again = audit.claim(P, hashes[0], "w", 3, "cfg")
+    assert again.token == c1.token + 1, "tokens never go backwards, even after requeue"
+
+
+def test_requeue_all(audit: AuditStore) -> None:
+    for h in (H1, H2):
+        register(audit, h)
+        audit.fail(audit.claim(P, h, "w", 3, "cfg"), "bad", ErrorKind.DATA)
+    assert audit.requeue(None) == 2
+    assert audit.counts()["PENDING"] == 2
+
+
+def test_resolve_hash_prefixes(audit: AuditStore) -> None:
+    register(audit, "abc1" + "0" * 60)
+    register(audit, "abc2" + "0" * 60)
+    assert audit.resolve_hashes(["ABC1"]) == ["abc1" + "0" * 60]
+    with pytest.raises(UsageError, match="more than one"):
+        audit.resolve_hashes(["abc"])
+    with pytest.raises(UsageError, match="no file"):
+        audit.resolve_hashes(["ffff"])
+    with pytest.raises(UsageError, match="hexadecimal"):
+        audit.resolve_hashes(["xyz"])
+
+
+def test_unreachable_audit_directory(tmp_path: Path) -> None:
+    store = AuditStore(f"sqlite:///{tmp_path / 'missing' / 'a.db'}")
+    with pytest.raises(DatabaseUnavailable, match="does not exist"):
+        store.ensure_schema()
+
+
+def test_bad_audit_url_scheme() -> None:
+    with pytest.raises(UsageError, match="unsupported"):
+        AuditStore("mysql://x/y")
+
+
+def test_states_are_the_stored_strings() -> None:
+    assert [s.value for s in FileState] == ["PENDING", "PROCESSING", "COMMITTED", "FAILED"]

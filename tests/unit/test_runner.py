@@ -1,0 +1,142 @@
+"""The runner in-process on real SQLite files: summaries, error classes, identity by content."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from filedge_core.errors import ConfigError, DatabaseUnavailable
+from filedge_core.runner import process_claim, run_pipeline
+from filedge_core.connectors import open_connector
+from filedge_core.scan import hash_file
+from tests.support import Workspace, orders_csv
+
+
+def run(ws: Workspace):
+    audit = ws.audit()
+    try:
+        return run_pipeline(ws.config(), ws.incoming, audit)
+    finally:
+        audit.dispose()
+
+
+def test_data_error_fails_one_file_and_commits_the_others(ws: Workspace) -> None:
+    ws.add("a.csv", orders_csv(3))
+    ws.add("b.csv", "order_id,amount\n1,2\n2,abc\n")
+    ws.add("c.csv", orders_csv(2, start=10))
+    summary = run(ws)
+    assert summary.line() == "Committed: 2 Failed: 1 Skipped: 0 New: 3 Reclaimed: 0 Retried: 0"
+    assert summary.exit_code == 1
+    failed = ws.audit().rows(state="FAILED")
+    assert len(failed) == 1 and failed[0].path.endswith("b.csv")
+    assert failed[0].last_error == "row 2 (line 3), column 'amount': 'abc' is not a valid float"
+    assert failed[0].error_kind == "data"
+    assert len(ws.dest_rows()) == 5
+    # A data error is terminal: the next run does not touch it, and says so.
+    again = run(ws)
+    assert again.line() == "Committed: 0 Failed: 0 Skipped: 3 New: 0 Reclaimed: 0 Retried: 0"
+    assert any("requeue --hash" in w for w in again.warnings)
+
+
+def test_same_bytes_under_two_names_load_once(ws: Workspace) -> None:
+    ws.add("a.csv", orders_csv(3))
+    ws.add("copy-of-a.csv", orders_csv(3))
+    assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 1 New: 1 Reclaimed: 0 Retried: 0"
+    assert len(ws.dest_rows()) == 3
+    (ws.incoming / "a.csv").unlink()
+    assert run(ws).line() == "Committed: 0 Failed: 0 Skipped: 1 New: 0 Reclaimed: 0 Retried: 0"
+
+
+def test_ignored_names_and_globs(ws: Workspace) -> None:
+    for name in ("a.csv", ".hidden.csv", "b.csv.tmp", "c.part", "notes.txt"):
+        ws.add(name, orders_csv(1, start=len(name)))
+    (ws.incoming / "subdir").mkdir()
+    ws.configure(include=["*.csv"], exclude=["skip-*"])
+    ws.add("skip-me.csv", orders_csv(1, start=99))
+    assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 0 New: 1 Reclaimed: 0 Retried: 0"
+
+
+def test_file_changed_while_read_is_released_not_committed(ws: Workspace) -> None:
+    path = ws.add("a.csv", orders_csv(3))
+    config, audit = ws.config(), ws.audit()
+    file_hash = hash_file(path)
+    audit.register(config.name, file_hash, str(path), path.stat().st_size, config.config_hash)
+    claim = audit.claim(config.name, file_hash, "w", config.retry_cap, config.config_hash)
+    path.write_text(orders_csv(4))  # the file is rewritten after it was hashed
+    connector = open_connector(config)
+    connector.prepare()
+    result = process_claim(claim, str(path), config, audit, connector)
+    assert result.outcome == "released" and "changed while being read" in result.error
+    row = audit.get(config.name, file_hash)
+    assert row.state == "PENDING" and row.rows_written is None
+    assert ws.dest_rows() == []
+    # The new content is a new file; the old hash stays claimable but has no bytes any more.
+    assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 0 New: 1 Reclaimed: 0 Retried: 0"
+    assert len(ws.dest_rows()) == 4
+
+
+def test_transient_destination_error_is_retried_next_run(ws: Workspace) -> None:
+    ws.add("a.csv", orders_csv(2))
+    ws.add("b.csv", orders_csv(2, start=100))
+    run(ws)  # creates the table
+    ws.add("c.csv", orders_csv(2, start=200))
+    with sqlite3.connect(ws.dest_path) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON orders WHEN NEW.order_id = '200' "
+                     "BEGIN SELECT RAISE(ABORT, 'destination refused'); END")
+    summary = run(ws)
+    assert summary.line() == "Committed: 0 Failed: 1 Skipped: 2 New: 1 Reclaimed: 0 Retried: 0"
+    row = ws.audit().rows(state="FAILED")[0]
+    assert row.error_kind == "transient" and "destination refused" in row.last_error
+    with sqlite3.connect(ws.dest_path) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 2 New: 0 Reclaimed: 0 Retried: 1"
+    assert len(ws.dest_rows()) == 6
+    assert ws.audit().get("orders", row.file_hash).attempts == 2
+
+
+def test_transient_errors_stop_at_retry_cap(ws: Workspace) -> None:
+    ws.configure(retry_cap=2)
+    ws.add("a.csv", orders_csv(1))
+    run(ws)
+    ws.add("b.csv", orders_csv(1, start=5))
+    with sqlite3.connect(ws.dest_path) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON orders BEGIN SELECT RAISE(ABORT, 'no'); END")
+    assert run(ws).failed == 1
+    assert run(ws).line() == "Committed: 0 Failed: 1 Skipped: 1 New: 0 Reclaimed: 0 Retried: 1"
+    third = run(ws)
+    assert third.line() == "Committed: 0 Failed: 0 Skipped: 2 New: 0 Reclaimed: 0 Retried: 0"
+    assert any("FAILED after 2 attempt(s)" in w for w in third.warnings)
+
+
+def test_unreachable_destination_claims_nothing(ws: Workspace) -> None:
+    ws.configure(connector={"type": "sqlite", "url": "sqlite:///missing-dir/orders.db"})
+    ws.add("a.csv", orders_csv(1))
+    with pytest.raises(DatabaseUnavailable):
+        run(ws)
+    row = ws.audit().rows()[0]
+    assert (row.state, row.attempts) == ("PENDING", 0)
+
+
+def test_incompatible_table_is_a_config_error_and_claims_nothing(ws: Workspace) -> None:
+    with sqlite3.connect(ws.dest_path) as conn:
+        conn.execute("CREATE TABLE orders (x TEXT)")
+    ws.add("a.csv", orders_csv(1))
+    with pytest.raises(ConfigError):
+        run(ws)
+    assert ws.audit().rows()[0].attempts == 0
+
+
+def test_missing_directory_is_a_config_error(ws: Workspace) -> None:
+    audit = ws.audit()
+    with pytest.raises(ConfigError, match="no such directory"):
+        run_pipeline(ws.config(), ws.root / "nope", audit)
+
+
+def test_requeued_data_error_loads_after_fix(ws: Workspace) -> None:
+    ws.add("a.csv", "order_id,amount\n1,x\n")
+    run(ws)
+    ws.configure(columns=[{"source": "order_id"}, {"source": "amount", "type": "string"}])
+    audit = ws.audit()
+    assert audit.requeue(None) == 1
+    assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 0 New: 0 Reclaimed: 0 Retried: 0"

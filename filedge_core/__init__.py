@@ -1,45 +1,52 @@
 """filedge's core: load files into database tables exactly once, tracked by content hash.
 
-This package never imports Dagster. Its public API is what this module exports."""
+This package never imports Dagster. Its public API is what this module exports; the names are
+imported on first use, so that ``filedge --help`` and ``filedge status`` do not pay for polars."""
 
-from .audit import AuditRow, AuditStore, Claim, ErrorKind, FileState, Reclaimed
-from .config import ColumnSpec, ConnectorSpec, PipelineConfig, load_pipeline, parse_pipeline
-from .errors import (
-    ConfigError,
-    DatabaseUnavailable,
-    DataError,
-    FileChanged,
-    FiledgeError,
-    LeaseLost,
-    TransientError,
-    UsageError,
-)
-from .runner import FileResult, RunSummary, process_claim, run_pipeline, scan_directory, worker_id
+from __future__ import annotations
 
-__all__ = [
-    "AuditRow",
-    "AuditStore",
-    "Claim",
-    "ColumnSpec",
-    "ConfigError",
-    "ConnectorSpec",
-    "DataError",
-    "DatabaseUnavailable",
-    "ErrorKind",
-    "FileChanged",
-    "FileResult",
-    "FileState",
-    "FiledgeError",
-    "LeaseLost",
-    "PipelineConfig",
-    "Reclaimed",
-    "RunSummary",
-    "TransientError",
-    "UsageError",
-    "load_pipeline",
-    "parse_pipeline",
-    "process_claim",
-    "run_pipeline",
-    "scan_directory",
-    "worker_id",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "audit": ["AuditRow", "AuditStore", "Claim", "ErrorKind", "FileState", "Reclaimed"],
+    "config": ["ColumnSpec", "ConnectorSpec", "PipelineConfig", "load_pipeline", "parse_pipeline"],
+    "errors": [
+        "ConfigError",
+        "DatabaseUnavailable",
+        "DataError",
+        "FileChanged",
+        "FiledgeError",
+        "LeaseLost",
+        "TransientError",
+        "UsageError",
+    ],
+    "runner": ["FileResult", "RunSummary", "process_claim", "run_pipeline", "scan_directory", "worker_id"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'filedge_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .audit import AuditRow, AuditStore, Claim, ErrorKind, FileState, Reclaimed
+    from .config import ColumnSpec, ConnectorSpec, PipelineConfig, load_pipeline, parse_pipeline
+    from .errors import (
+        ConfigError,
+        DatabaseUnavailable,
+        DataError,
+        FileChanged,
+        FiledgeError,
+        LeaseLost,
+        TransientError,
+        UsageError,
+    )
+    from .runner import FileResult, RunSummary, process_claim, run_pipeline, scan_directory, worker_id

@@ -277,7 +277,6 @@ class AuditStore:
                 state=FileState.FAILED.value,
                 error_kind=ErrorKind.LOST.value,
                 last_error=sa.literal("worker lost ") + sa.cast(_t.attempts, sa.String) + sa.literal(" times"),
-                claimed_by=None,
                 updated_at=self._now,
             )
             .returning(_t.file_hash)
@@ -285,7 +284,7 @@ class AuditStore:
         pending = self._execute(
             sa.update(audit_table)
             .where(base, _t.attempts < retry_cap)
-            .values(state=FileState.PENDING.value, claimed_by=None, updated_at=self._now)
+            .values(state=FileState.PENDING.value, updated_at=self._now)
         )
         return Reclaimed(pending=pending.rowcount, lost=[row[0] for row in lost.rows])
 
@@ -342,7 +341,6 @@ class AuditStore:
                 rows_rejected=rows_rejected,
                 last_error=None,
                 error_kind=None,
-                claimed_by=None,
                 updated_at=self._now,
             )
         )
@@ -361,7 +359,6 @@ class AuditStore:
                 state=FileState.FAILED.value,
                 last_error=error,
                 error_kind=kind.value,
-                claimed_by=None,
                 updated_at=self._now,
             )
         )
@@ -377,7 +374,6 @@ class AuditStore:
                 state=(FileState.FAILED if exhausted else FileState.PENDING).value,
                 last_error=error,
                 error_kind=(ErrorKind.TRANSIENT if exhausted else ErrorKind.CHANGED).value,
-                claimed_by=None,
                 updated_at=self._now,
             )
         )
@@ -479,4 +475,5 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout = 30000")
     cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")
     cursor.close()

@@ -75,8 +75,15 @@ def main() -> None:
 @click.option("--dir", "directory", required=True, metavar="DIR", help="Directory whose files are loaded.")
 @click.option("--config", "config_path", required=True, metavar="FILE", help="Pipeline YAML file.")
 @audit_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the audit table (one summary line for all).",
+)
 @handle_errors
-def run(directory: str, config_path: str, audit_db_url: str) -> None:
+def run(directory: str, config_path: str, audit_db_url: str, workers: int) -> None:
     """Load every new file in DIR once; reclaim stale leases; retry failed files.
 
     Prints `Committed: N Failed: N Skipped: N New: N Reclaimed: N Retried: N`. Exit code 0 when
@@ -86,16 +93,21 @@ def run(directory: str, config_path: str, audit_db_url: str) -> None:
     from .runner import FileResult, run_pipeline
 
     config = load_pipeline(config_path)
-    audit = _audit(audit_db_url)
 
     def report(result: FileResult) -> None:
         if not result.committed:
             click.echo(f"filedge: {result.outcome.upper()} {result.path} ({result.file_hash[:12]}): {result.error}", err=True)
 
-    try:
-        summary = run_pipeline(config, directory, audit, on_result=report)
-    finally:
-        audit.dispose()
+    if workers > 1:
+        from .workers import run_parallel
+
+        summary = run_parallel(config, directory, audit_db_url, workers, on_result=report)
+    else:
+        audit = _audit(audit_db_url)
+        try:
+            summary = run_pipeline(config, directory, audit, on_result=report)
+        finally:
+            audit.dispose()
     for warning in summary.warnings:
         click.echo(f"filedge: warning: {warning}", err=True)
     click.echo(summary.line())

@@ -69,6 +69,17 @@ class RunSummary:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
+    def add(self, result: FileResult) -> None:
+        """Count one claimed file's outcome."""
+        self.results.append(result)
+        if result.outcome == "committed":
+            self.committed += 1
+        elif result.outcome == "fenced":
+            self.skipped += 1  # another worker owns the file now
+            self.warnings.append(f"{result.path}: {result.error}")
+        else:
+            self.failed += 1
+
 
 class Heartbeat:
     """Renews a lease in the background while its file is processed."""
@@ -178,15 +189,18 @@ def scan_directory(directory: str | os.PathLike[str], config: PipelineConfig, su
     return scanned
 
 
-def run_pipeline(
-    config: PipelineConfig,
-    directory: str | os.PathLike[str],
-    audit: AuditStore,
-    worker: str | None = None,
-    on_result: Callable[[FileResult], None] | None = None,
-) -> RunSummary:
-    """One pass over ``directory``: every file that needs work is claimed and loaded once."""
-    worker = worker or worker_id()
+@dataclass(frozen=True)
+class WorkItem:
+    """A file that needs work: its hash and the path it was found at in this scan."""
+
+    file_hash: str
+    path: str
+
+
+def plan_run(
+    config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore
+) -> tuple[RunSummary, list[WorkItem]]:
+    """Scan, reclaim stale leases, register new hashes; return the files that need work."""
     summary = RunSummary()
     audit.ensure_schema()
     scanned = scan_directory(directory, config, summary)
@@ -195,15 +209,14 @@ def run_pipeline(
     summary.reclaimed = reclaimed.pending
     for file_hash in reclaimed.lost:
         summary.failed += 1
-        summary.warnings.append(f"{file_hash[:12]}: FAILED: worker lost {config.retry_cap}+ times")
+        summary.warnings.append(f"{file_hash[:12]}: FAILED: its worker was lost {config.retry_cap} times")
 
     by_hash: dict[str, list[ScannedFile]] = {}
     for item in scanned:
         by_hash.setdefault(item.file_hash, []).append(item)
-    config_hash = config.config_hash
     for file_hash, items in by_hash.items():
         first = items[0].candidate
-        if audit.register(config.name, file_hash, str(first.path), first.size, config_hash):
+        if audit.register(config.name, file_hash, str(first.path), first.size, config.config_hash):
             summary.new += 1
 
     known = audit.rows_for(config.name, list(by_hash))
@@ -211,7 +224,7 @@ def run_pipeline(
     for file_hash, items in by_hash.items():
         row = known.get(file_hash)
         if row is not None and row.claimable(config.retry_cap):
-            todo.append(file_hash)
+            todo.append(WorkItem(file_hash, str(items[0].candidate.path)))
             summary.skipped += len(items) - 1  # the same bytes under other names
         else:
             summary.skipped += len(items)
@@ -220,21 +233,31 @@ def run_pipeline(
                     f"{items[0].candidate.path}: FAILED after {row.attempts} attempt(s), needs "
                     f"`filedge requeue --hash {file_hash[:12]}`: {row.last_error}"
                 )
-    if not todo:
-        return summary
+    return summary, todo
 
+
+def work(
+    config: PipelineConfig,
+    items: list[WorkItem],
+    audit: AuditStore,
+    summary: RunSummary,
+    worker: str | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> RunSummary:
+    """Claim and load each item that no other worker holds; add the outcomes to ``summary``."""
+    worker = worker or worker_id()
     connector = open_connector(config)
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
-        for file_hash in todo:
-            claim = audit.claim(config.name, file_hash, worker, config.retry_cap, config_hash)
+        for item in items:
+            claim = audit.claim(config.name, item.file_hash, worker, config.retry_cap, config.config_hash)
             if claim is None:  # another worker got there first
                 summary.skipped += 1
                 continue
             if claim.previous_state == FileState.FAILED.value:
                 summary.retried += 1
-            result = process_claim(claim, str(by_hash[file_hash][0].candidate.path), config, audit, connector)
-            _tally(summary, result)
+            result = process_claim(claim, item.path, config, audit, connector)
+            summary.add(result)
             if on_result:
                 on_result(result)
     finally:
@@ -242,19 +265,25 @@ def run_pipeline(
     return summary
 
 
-def _tally(summary: RunSummary, result: FileResult) -> None:
-    summary.results.append(result)
-    if result.outcome == "committed":
-        summary.committed += 1
-    elif result.outcome == "fenced":
-        summary.skipped += 1
-        summary.warnings.append(f"{result.path}: {result.error}")
-    else:
-        summary.failed += 1
+def run_pipeline(
+    config: PipelineConfig,
+    directory: str | os.PathLike[str],
+    audit: AuditStore,
+    worker: str | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> RunSummary:
+    """One pass over ``directory``: every file that needs work is claimed and loaded once."""
+    summary, items = plan_run(config, directory, audit)
+    if items:
+        work(config, items, audit, summary, worker, on_result)
+    return summary
 
 
 __all__ = [
     "FileResult",
+    "WorkItem",
+    "plan_run",
+    "work",
     "Heartbeat",
     "RunSummary",
     "process_claim",

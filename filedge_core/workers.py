@@ -1,0 +1,105 @@
+"""``filedge run --workers N``: N worker processes sharing one audit table.
+
+The parent scans, reclaims and registers once, checks the destination, then starts N processes
+that each walk the whole work list from a different starting point and claim what is still free.
+The audit table is the only coordination: a worker that dies leaves a lease that any later run
+reclaims, exactly as with separate ``filedge run`` processes on separate machines."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+from collections.abc import Callable
+from typing import Any
+
+from .audit import AuditStore
+from .config import PipelineConfig
+from .connectors import open_connector
+from .runner import FileResult, RunSummary, WorkItem, plan_run, work, worker_id
+
+_POLL_S = 0.2
+
+
+def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], out: Any) -> None:
+    """Body of one worker process: report each file's result, then the counters."""
+    audit = AuditStore(audit_url)
+    summary = RunSummary()
+    try:
+        work(config, items, audit, summary, worker_id(), on_result=lambda r: out.put(("result", r)))
+        out.put(("done", summary.retried, summary.warnings))
+    except Exception as exc:  # reported by the parent as this worker's failure
+        out.put(("error", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
+    finally:
+        audit.dispose()
+
+
+def rotate(items: list[WorkItem], index: int, count: int) -> list[WorkItem]:
+    """The work list starting at worker ``index``'s share, so workers rarely race for a file."""
+    start = (len(items) * index) // count
+    return items[start:] + items[:start]
+
+
+def run_parallel(
+    config: PipelineConfig,
+    directory: str | os.PathLike[str],
+    audit_url: str,
+    workers: int,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> RunSummary:
+    """Like ``run_pipeline`` with ``workers`` processes; returns one merged summary."""
+    audit = AuditStore(audit_url)
+    try:
+        summary, items = plan_run(config, directory, audit)
+    finally:
+        audit.dispose()
+    if not items:
+        return summary
+    connector = open_connector(config)
+    try:
+        connector.prepare()  # a bad destination stops the run before any worker claims
+    finally:
+        connector.close()
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker_main, args=(config, audit_url, rotate(items, k, workers), out), daemon=True)
+        for k in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    finished = 0
+    processed: set[str] = set()
+    while finished < workers:
+        try:
+            kind, *payload = out.get(timeout=_POLL_S)
+        except queue.Empty:
+            if all(not p.is_alive() for p in procs) and out.empty():
+                break
+            continue
+        if kind == "result":
+            result: FileResult = payload[0]
+            processed.add(result.file_hash)
+            summary.add(result)
+            if on_result:
+                on_result(result)
+        elif kind == "done":
+            finished += 1
+            summary.retried += payload[0]
+            summary.warnings.extend(payload[1])
+        else:
+            finished += 1
+            summary.failed += 1
+            summary.warnings.append(f"a worker stopped: {payload[0]}")
+    for index, proc in enumerate(procs):
+        proc.join()
+        if proc.exitcode:
+            summary.failed += 1
+            summary.warnings.append(
+                f"worker {index + 1} exited with code {proc.exitcode}; a file it held is reclaimed "
+                f"after stale_timeout_minutes ({config.stale_timeout_minutes:g})"
+            )
+    # Files no worker processed were taken by another process: they needed no work from this run.
+    summary.skipped += len({i.file_hash for i in items} - processed)
+    return summary

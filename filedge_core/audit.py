@@ -206,18 +206,16 @@ class AuditStore:
                 ) from None
             raise
 
-    def _execute(self, stmt: sa.Executable) -> "_Buffered":
+    def _execute(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
+        """Run one statement in its own transaction; its rows (every DML statement RETURNs the
+        rows it changed: driver row counts are not reliable across dialects)."""
         with self._errors():
             return self._execute_retrying(stmt)
 
     @_retry
-    def _execute_retrying(self, stmt: sa.Executable) -> "_Buffered":
+    def _execute_retrying(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
         with self.engine.begin() as conn:
-            result = conn.execute(stmt)
-            if result.returns_rows:
-                rows = result.all()
-                return _Buffered(rows, result.rowcount)
-            return _Buffered([], result.rowcount)
+            return list(conn.execute(stmt).all())
 
     def ensure_schema(self) -> None:
         """Create the audit table and its indexes if they do not exist."""
@@ -262,8 +260,9 @@ class AuditStore:
                 updated_at=self._now,
             )
             .on_conflict_do_nothing(index_elements=["pipeline", "file_hash"])
+            .returning(_t.file_hash)
         )
-        return self._execute(stmt).rowcount == 1
+        return len(self._execute(stmt)) == 1
 
     def reclaim_stale(self, pipeline: str, stale_seconds: float, retry_cap: int) -> Reclaimed:
         """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used."""
@@ -285,8 +284,9 @@ class AuditStore:
             sa.update(audit_table)
             .where(base, _t.attempts < retry_cap)
             .values(state=FileState.PENDING.value, updated_at=self._now)
+            .returning(_t.file_hash)
         )
-        return Reclaimed(pending=pending.rowcount, lost=[row[0] for row in lost.rows])
+        return Reclaimed(pending=len(pending), lost=[row[0] for row in lost])
 
     def claim(self, pipeline: str, file_hash: str, worker: str, retry_cap: int, config_hash: str) -> Claim | None:
         """Take the lease on a PENDING (or retryable FAILED) file; None if another has it or it needs no work."""
@@ -310,7 +310,7 @@ class AuditStore:
             )
             .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path)
         )
-        rows = self._execute(stmt).rows
+        rows = self._execute(stmt)
         if not rows:
             return None
         token, attempts, previous, path = rows[0]
@@ -326,8 +326,13 @@ class AuditStore:
 
     def heartbeat(self, claim: Claim) -> bool:
         """Renew the lease; False if it is no longer ours."""
-        stmt = sa.update(audit_table).where(self._holding(claim)).values(claimed_at=self._now)
-        return self._execute(stmt).rowcount == 1
+        stmt = (
+            sa.update(audit_table)
+            .where(self._holding(claim))
+            .values(claimed_at=self._now)
+            .returning(_t.file_hash)
+        )
+        return len(self._execute(stmt)) == 1
 
     def commit(self, claim: Claim, rows_written: int, rows_rejected: int = 0) -> bool:
         """PROCESSING -> COMMITTED; False if the lease was lost."""
@@ -343,8 +348,9 @@ class AuditStore:
                 error_kind=None,
                 updated_at=self._now,
             )
+            .returning(_t.file_hash)
         )
-        if self._execute(stmt).rowcount == 1:
+        if len(self._execute(stmt)) == 1:
             return True
         # A retried statement may have committed the first time: that is still a success.
         row = self.get(claim.pipeline, claim.file_hash)
@@ -361,8 +367,9 @@ class AuditStore:
                 error_kind=kind.value,
                 updated_at=self._now,
             )
+            .returning(_t.file_hash)
         )
-        return self._execute(stmt).rowcount == 1
+        return len(self._execute(stmt)) == 1
 
     def release(self, claim: Claim, error: str, retry_cap: int) -> bool:
         """PROCESSING -> PENDING (claimable again), or FAILED if retry_cap attempts are used."""
@@ -376,8 +383,9 @@ class AuditStore:
                 error_kind=(ErrorKind.TRANSIENT if exhausted else ErrorKind.CHANGED).value,
                 updated_at=self._now,
             )
+            .returning(_t.file_hash)
         )
-        return self._execute(stmt).rowcount == 1
+        return len(self._execute(stmt)) == 1
 
     def requeue(self, file_hashes: Sequence[str] | None, pipeline: str | None = None) -> int:
         """FAILED -> PENDING with attempts 0 (all FAILED files when ``file_hashes`` is None)."""
@@ -397,8 +405,9 @@ class AuditStore:
                 error_kind=None,
                 updated_at=self._now,
             )
+            .returning(_t.file_hash)
         )
-        return self._execute(stmt).rowcount
+        return len(self._execute(stmt))
 
     # -- queries --------------------------------------------------------------------------
 
@@ -407,7 +416,7 @@ class AuditStore:
         stmt = sa.select(_t.state, sa.func.count()).group_by(_t.state)
         if pipeline:
             stmt = stmt.where(_t.pipeline == pipeline)
-        found = {state: int(n) for state, n in self._execute(stmt).rows}
+        found = {state: int(n) for state, n in self._execute(stmt)}
         return {state.value: found.get(state.value, 0) for state in FileState}
 
     def get(self, pipeline: str, file_hash: str) -> AuditRow | None:
@@ -431,7 +440,7 @@ class AuditStore:
         if file_hashes is not None:
             stmt = stmt.where(_t.file_hash.in_(list(file_hashes)))
         out = []
-        for row in self._execute(stmt).rows:
+        for row in self._execute(stmt):
             data = dict(row._mapping)
             for key in ("claimed_at", "committed_at", "created_at", "updated_at"):
                 data[key] = parse_timestamp(data[key])
@@ -456,19 +465,13 @@ class AuditStore:
             stmt = sa.select(_t.file_hash).distinct().where(_t.file_hash.like(key + "%")).limit(2)
             if pipeline:
                 stmt = stmt.where(_t.pipeline == pipeline)
-            found = [row[0] for row in self._execute(stmt).rows]
+            found = [row[0] for row in self._execute(stmt)]
             if not found:
                 raise UsageError(f"--hash {prefix}: no file with this hash in the audit table")
             if len(found) > 1:
                 raise UsageError(f"--hash {prefix}: prefix matches more than one file; give more characters")
             resolved.append(found[0])
         return resolved
-
-
-@dataclass
-class _Buffered:
-    rows: list[Any]
-    rowcount: int
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

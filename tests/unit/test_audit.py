@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from filedge_core.audit import AuditStore, ErrorKind, FileState
 from filedge_core.errors import DatabaseUnavailable, UsageError
@@ -28,9 +28,20 @@ def state(audit: AuditStore, file_hash: str = H1) -> str:
 
 
 def set_claimed_at(audit: AuditStore, value: str, file_hash: str = H1) -> None:
-    """Write claimed_at as raw text, like another tool would."""
-    with sqlite3.connect(audit.url.removeprefix("sqlite:///")) as conn:
-        conn.execute("UPDATE etl_file_audit SET claimed_at = ? WHERE file_hash = ?", (value, file_hash))
+    """Write claimed_at from text, like another tool would (raw text on SQLite)."""
+    cast = ":v" if audit.backend == "sqlite" else "CAST(:v AS timestamptz)"
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE etl_file_audit SET claimed_at = {cast} WHERE file_hash = :h"), {"v": value, "h": file_hash})
+
+
+def age_lease(audit: AuditStore, seconds: int) -> None:
+    """Set every lease to ``seconds`` ago by the database's own clock."""
+    if audit.backend == "sqlite":
+        expr = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{seconds} seconds')"
+    else:
+        expr = f"now() - interval '{seconds} seconds'"
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE etl_file_audit SET claimed_at = {expr}"))
 
 
 def test_register_is_idempotent(audit: AuditStore) -> None:
@@ -61,16 +72,13 @@ def test_double_claim_has_one_winner(audit: AuditStore) -> None:
     assert audit.get(P, H1).claimed_by == "w1"
 
 
-def test_concurrent_claims_from_threads_have_one_winner(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'a.db'}"
-    setup = AuditStore(url)
-    setup.ensure_schema()
-    register(setup)
+def test_concurrent_claims_from_threads_have_one_winner(audit: AuditStore) -> None:
+    register(audit)
     winners = []
     barrier = threading.Barrier(8)
 
     def worker(i: int) -> None:
-        store = AuditStore(url)
+        store = AuditStore(audit.url)
         barrier.wait()
         if store.claim(P, H1, f"w{i}", 3, "cfg"):
             winners.append(i)
@@ -111,12 +119,10 @@ def test_stale_lease_just_under_and_just_over_timeout(audit: AuditStore) -> None
     register(audit)
     audit.claim(P, H1, "w1", 3, "cfg")
     timeout = 600.0
-    with sqlite3.connect(audit.url.removeprefix("sqlite:///")) as conn:
-        conn.execute("UPDATE etl_file_audit SET claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-590 seconds')")
+    age_lease(audit, 590)
     assert audit.reclaim_stale(P, timeout, 3).pending == 0
     assert state(audit) == "PROCESSING"
-    with sqlite3.connect(audit.url.removeprefix("sqlite:///")) as conn:
-        conn.execute("UPDATE etl_file_audit SET claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-610 seconds')")
+    age_lease(audit, 610)
     assert audit.reclaim_stale(P, timeout, 3).pending == 1
     assert state(audit) == "PENDING"
 
@@ -232,7 +238,7 @@ def test_resolve_hash_prefixes(audit: AuditStore) -> None:
         audit.resolve_hashes(["xyz"])
 
 
-def test_unreachable_audit_directory(tmp_path: Path) -> None:
+def test_sqlite_unreachable_audit_directory(tmp_path: Path) -> None:
     store = AuditStore(f"sqlite:///{tmp_path / 'missing' / 'a.db'}")
     with pytest.raises(DatabaseUnavailable, match="does not exist"):
         store.ensure_schema()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
 
 from filedge_core.audit import AuditStore
@@ -47,18 +48,42 @@ def orders_csv(n: int, start: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Workspace:
-    """A temp directory with incoming/, pipeline.yaml, filedge.db and orders.db."""
+def age_leases(audit: AuditStore, seconds: float = 3600) -> None:
+    """Make every PROCESSING lease ``seconds`` old by the audit database's own clock."""
+    if audit.backend == "sqlite":
+        expr = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{seconds} seconds')"
+    else:
+        expr = f"now() - interval '{seconds} seconds'"
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE etl_file_audit SET claimed_at = {expr} WHERE state = 'PROCESSING'"))
 
-    def __init__(self, root: Path) -> None:
+
+def libpq_url(url: str) -> str:
+    """``url`` without a SQLAlchemy-style ``+driver`` suffix, as libpq reads it."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+class Workspace:
+    """A temp directory with incoming/ and pipeline.yaml; the audit table and the destination in
+    SQLite files there (filedge.db, orders.db) unless PostgreSQL URLs are given."""
+
+    def __init__(self, root: Path, audit_url: str | None = None, dest_url: str | None = None) -> None:
         self.root = root
         self.incoming = root / "incoming"
         self.incoming.mkdir()
-        self.audit_url = f"sqlite:///{root / 'filedge.db'}"
+        self.audit_url = audit_url or f"sqlite:///{root / 'filedge.db'}"
+        self.dest_url = dest_url or "sqlite:///orders.db"
         self.dest_path = root / "orders.db"
-        self.config_path = write_pipeline(root)
+        self.config_path = root / "pipeline.yaml"
+        self.configure()
+
+    @property
+    def connector(self) -> dict[str, str]:
+        return {"type": "sqlite" if self.dest_url.startswith("sqlite") else "postgresql", "url": self.dest_url}
 
     def configure(self, **overrides: Any) -> PipelineConfig:
+        overrides.setdefault("connector", self.connector)
         self.config_path = write_pipeline(self.root, **overrides)
         return self.config()
 
@@ -75,33 +100,47 @@ class Workspace:
         path.write_bytes(text.encode() if isinstance(text, str) else text)
         return path
 
+    def run_args(self, *extra: str) -> list[str]:
+        return [FILEDGE, "run", "--dir", str(self.incoming), "--config", str(self.config_path),
+                "--audit-db-url", self.audit_url, *extra]
+
     def run(self, *extra: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``filedge run`` as a real subprocess."""
-        return filedge(
-            "run", "--dir", str(self.incoming), "--config", str(self.config_path),
-            "--audit-db-url", self.audit_url, *extra, cwd=self.root, env=env, timeout=timeout,
-        )
+        return subprocess.run(self.run_args(*extra), cwd=self.root, env={**os.environ, **(env or {})},
+                              text=True, capture_output=True, timeout=timeout)
 
-    def popen_run(self, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        cmd = [FILEDGE, "run", "--dir", str(self.incoming), "--config", str(self.config_path), "--audit-db-url", self.audit_url]
-        return subprocess.Popen(cmd, cwd=self.root, env={**os.environ, **(env or {})}, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def popen_run(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.run_args(*extra), cwd=self.root, env={**os.environ, **(env or {})},
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a query on the destination database."""
+        if self.dest_url.startswith("sqlite"):
+            if not self.dest_path.exists():
+                return []
+            with sqlite3.connect(self.dest_path) as conn:
+                return conn.execute(sql).fetchall()
+        import psycopg
+
+        with psycopg.connect(libpq_url(self.dest_url)) as conn:
+            return conn.execute(sql).fetchall()
 
     def dest_rows(self, table: str = "orders") -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.dest_path) as conn:
-            return conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid').fetchall()
+        return self.query(f'SELECT * FROM {table}')
 
     def rows_per_hash(self, table: str = "orders") -> dict[str, int]:
-        with sqlite3.connect(self.dest_path) as conn:
-            return dict(conn.execute(f'SELECT _filedge_file_hash, COUNT(*) FROM "{table}" GROUP BY 1').fetchall())
+        return dict(self.query(f"SELECT _filedge_file_hash, COUNT(*) FROM {table} GROUP BY 1"))
+
+    def ledger(self) -> dict[str, int]:
+        return dict(self.query("SELECT file_hash, row_count FROM _filedge_loads"))
 
     def age_leases(self, seconds: float = 3600) -> None:
         """Make every PROCESSING lease older than ``seconds`` by the database's clock."""
-        with sqlite3.connect(self.root / "filedge.db") as conn:
-            conn.execute(
-                "UPDATE etl_file_audit SET claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) WHERE state = 'PROCESSING'",
-                (f"-{seconds} seconds",),
-            )
+        audit = self.audit()
+        try:
+            age_leases(audit, seconds)
+        finally:
+            audit.dispose()
 
 
 def filedge(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

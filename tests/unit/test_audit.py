@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from filedge_core.audit import AuditStore, ErrorKind, FileState
 from filedge_core.errors import DatabaseUnavailable, UsageError
+from tests.support import age_leases
 
 P = "orders"
 H1 = "a" * 64
@@ -32,16 +33,6 @@ def set_claimed_at(audit: AuditStore, value: str, file_hash: str = H1) -> None:
     cast = ":v" if audit.backend == "sqlite" else "CAST(:v AS timestamptz)"
     with audit.engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE etl_file_audit SET claimed_at = {cast} WHERE file_hash = :h"), {"v": value, "h": file_hash})
-
-
-def age_lease(audit: AuditStore, seconds: int) -> None:
-    """Set every lease to ``seconds`` ago by the database's own clock."""
-    if audit.backend == "sqlite":
-        expr = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{seconds} seconds')"
-    else:
-        expr = f"now() - interval '{seconds} seconds'"
-    with audit.engine.begin() as conn:
-        conn.execute(sa.text(f"UPDATE etl_file_audit SET claimed_at = {expr}"))
 
 
 def test_register_is_idempotent(audit: AuditStore) -> None:
@@ -119,10 +110,10 @@ def test_stale_lease_just_under_and_just_over_timeout(audit: AuditStore) -> None
     register(audit)
     audit.claim(P, H1, "w1", 3, "cfg")
     timeout = 600.0
-    age_lease(audit, 590)
+    age_leases(audit, 590)
     assert audit.reclaim_stale(P, timeout, 3).pending == 0
     assert state(audit) == "PROCESSING"
-    age_lease(audit, 610)
+    age_leases(audit, 610)
     assert audit.reclaim_stale(P, timeout, 3).pending == 1
     assert state(audit) == "PENDING"
 

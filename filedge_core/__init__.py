@@ -21,7 +21,20 @@ _EXPORTS = {
         "TransientError",
         "UsageError",
     ],
-    "runner": ["FileResult", "RunSummary", "process_claim", "run_pipeline", "scan_directory", "worker_id"],
+    "runner": [
+        "FileResult",
+        "RunSummary",
+        "WorkItem",
+        "plan_run",
+        "process_claim",
+        "process_file",
+        "run_pipeline",
+        "scan_directory",
+        "work",
+        "worker_id",
+    ],
+    "connectors": ["Connector", "open_connector"],
+    "pipeline_set": ["PipelineEntry", "load_pipeline_set"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
@@ -49,4 +62,17 @@ if TYPE_CHECKING:
         TransientError,
         UsageError,
     )
-    from .runner import FileResult, RunSummary, process_claim, run_pipeline, scan_directory, worker_id
+    from .connectors import Connector, open_connector
+    from .pipeline_set import PipelineEntry, load_pipeline_set
+    from .runner import (
+        FileResult,
+        RunSummary,
+        WorkItem,
+        plan_run,
+        process_claim,
+        process_file,
+        run_pipeline,
+        scan_directory,
+        work,
+        worker_id,
+    )

@@ -31,15 +31,20 @@ def worker_id() -> str:
 
 @dataclass(frozen=True)
 class FileResult:
-    """What happened to one claimed file."""
+    """What happened to one file.
+
+    ``outcome``: ``committed`` (by this call), ``already_committed`` (nothing to do), ``failed``,
+    ``released`` (the file changed while read), ``fenced`` (another worker's newer claim won),
+    ``busy`` (another worker holds a live lease). ``retryable``: a later attempt may succeed."""
 
     file_hash: str
     path: str
-    outcome: str  # "committed" | "failed" | "released" | "fenced"
+    outcome: str
     rows_written: int = 0
     error: str | None = None
     attempts: int = 0
     duration_s: float = 0.0
+    retryable: bool = False
 
     @property
     def committed(self) -> bool:
@@ -153,7 +158,10 @@ def process_claim(
         except Exception as exc:  # an unforeseen failure is retried like a transient one
             error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
     outcome = settle(audit, claim, error, config.retry_cap)
-    return FileResult(claim.file_hash, path, outcome, 0, str(error), claim.attempts, time.monotonic() - started)
+    retryable = error.outcome is not FileOutcome.TERMINAL and claim.attempts < config.retry_cap
+    return FileResult(
+        claim.file_hash, path, outcome, 0, str(error), claim.attempts, time.monotonic() - started, retryable
+    )
 
 
 def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -> str:
@@ -265,6 +273,36 @@ def work(
     return summary
 
 
+def process_file(
+    config: PipelineConfig,
+    file_hash: str,
+    audit: AuditStore,
+    connector: Connector,
+    worker: str | None = None,
+) -> FileResult:
+    """Load one registered file by its hash if it needs work (the Dagster asset's entry point).
+
+    ``connector`` must be prepared. A COMMITTED file is a no-op; anything else is claimed and
+    loaded exactly as ``filedge run`` does."""
+    row = audit.get(config.name, file_hash)
+    if row is None:
+        return FileResult(file_hash, "", "failed", error=f"{file_hash[:12]}: not registered in the audit table")
+    if row.state == FileState.COMMITTED.value:
+        return FileResult(file_hash, row.path, "already_committed", row.rows_written or 0, None, row.attempts)
+    claim = audit.claim(config.name, file_hash, worker or worker_id(), config.retry_cap, config.config_hash)
+    if claim is not None:
+        return process_claim(claim, row.path, config, audit, connector)
+    row = audit.get(config.name, file_hash) or row
+    if row.state == FileState.COMMITTED.value:
+        return FileResult(file_hash, row.path, "already_committed", row.rows_written or 0, None, row.attempts)
+    if row.state == FileState.PROCESSING.value:
+        return FileResult(
+            file_hash, row.path, "busy", 0, f"another worker ({row.claimed_by}) holds the lease", row.attempts, 0.0, True
+        )
+    reason = row.last_error or f"not claimable in state {row.state}"
+    return FileResult(file_hash, row.path, "failed", 0, f"{reason} (after {row.attempts} attempt(s))", row.attempts)
+
+
 def run_pipeline(
     config: PipelineConfig,
     directory: str | os.PathLike[str],
@@ -287,6 +325,7 @@ __all__ = [
     "Heartbeat",
     "RunSummary",
     "process_claim",
+    "process_file",
     "run_pipeline",
     "scan_directory",
     "settle",

@@ -71,6 +71,22 @@ audit_table = sa.Table(
 )
 _t = audit_table.c
 
+# The hash of each path as of its last (size, mtime, ctime, inode): unchanged files are not
+# hashed again. A stale entry can only delay a file, never load wrong bytes: the runner
+# re-hashes the bytes it loads.
+stat_cache_table = sa.Table(
+    "etl_file_stat_cache",
+    metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("path", sa.Text(), primary_key=True),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger(), nullable=False),
+    sa.Column("ctime_ns", sa.BigInteger(), nullable=False),
+    sa.Column("inode", sa.BigInteger(), nullable=False),
+    sa.Column("file_hash", sa.String(64), nullable=False),
+)
+_sc = stat_cache_table.c
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -263,6 +279,61 @@ class AuditStore:
             .returning(_t.file_hash)
         )
         return len(self._execute(stmt)) == 1
+
+    def register_many(self, pipeline: str, files: Sequence[tuple[str, str, int]], config_hash: str) -> set[str]:
+        """Register many ``(file_hash, path, size)`` in one transaction; the hashes that were new."""
+        if not files:
+            return set()
+        stmt = (
+            self._insert(audit_table)
+            .values(
+                state=FileState.PENDING.value,
+                attempts=0,
+                claim_token=0,
+                config_hash=config_hash,
+                created_at=self._now,
+                updated_at=self._now,
+            )
+            .on_conflict_do_nothing(index_elements=["pipeline", "file_hash"])
+            .returning(_t.file_hash)
+        )
+        params = [{"pipeline": pipeline, "file_hash": h, "path": p, "size": n} for h, p, n in files]
+        with self._errors():
+            return {row[0] for row in self._execute_many(stmt, params)}
+
+    @_retry
+    def _execute_many(self, stmt: sa.Executable, params: list[dict[str, Any]]) -> list[sa.Row[Any]]:
+        with self.engine.begin() as conn:
+            return list(conn.execute(stmt, params).all())
+
+    def cached_hashes(self, pipeline: str) -> dict[str, tuple[tuple[int, int, int, int], str]]:
+        """The stat cache of a pipeline: path -> ((size, mtime_ns, ctime_ns, inode), hash)."""
+        stmt = sa.select(_sc.path, _sc.size, _sc.mtime_ns, _sc.ctime_ns, _sc.inode, _sc.file_hash).where(
+            _sc.pipeline == pipeline
+        )
+        return {row[0]: ((row[1], row[2], row[3], row[4]), row[5]) for row in self._execute(stmt)}
+
+    def remember_hashes(self, pipeline: str, entries: Sequence[tuple[str, tuple[int, int, int, int], str]]) -> None:
+        """Store ``(path, fingerprint, hash)`` entries in the stat cache (replacing old ones)."""
+        if not entries:
+            return
+        stmt = self._insert(stat_cache_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["pipeline", "path"],
+            set_={k: stmt.excluded[k] for k in ("size", "mtime_ns", "ctime_ns", "inode", "file_hash")},
+        )
+        params = [
+            {"pipeline": pipeline, "path": path, "size": fp[0], "mtime_ns": fp[1], "ctime_ns": fp[2],
+             "inode": fp[3], "file_hash": file_hash}
+            for path, fp, file_hash in entries
+        ]
+        with self._errors():
+            self._execute_many_plain(stmt, params)
+
+    @_retry
+    def _execute_many_plain(self, stmt: sa.Executable, params: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(stmt, params)
 
     def reclaim_stale(self, pipeline: str, stale_seconds: float, retry_cap: int) -> Reclaimed:
         """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used."""

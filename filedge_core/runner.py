@@ -20,6 +20,10 @@ from .errors import FiledgeError, FileChanged, FileOutcome, LeaseLost, Transient
 from .faults import checkpoint
 from .scan import Candidate, hash_bytes, hash_file, list_candidates
 
+# A file changed within this window could change again without its mtime or ctime moving
+# (coarse file-system clocks): it is hashed on every scan until it has settled.
+STAT_CACHE_SETTLE_NS = 2_000_000_000
+
 # Where each error class sends the file's audit row: the one place this is decided.
 _FAIL_KIND = {FileOutcome.TERMINAL: ErrorKind.DATA, FileOutcome.RETRY: ErrorKind.TRANSIENT}
 
@@ -183,17 +187,34 @@ class ScannedFile:
     file_hash: str
 
 
-def scan_directory(directory: str | os.PathLike[str], config: PipelineConfig, summary: RunSummary) -> list[ScannedFile]:
-    """Hash every candidate file; unreadable ones become warnings and failures."""
+def scan_directory(
+    directory: str | os.PathLike[str], config: PipelineConfig, summary: RunSummary, audit: AuditStore | None = None
+) -> list[ScannedFile]:
+    """Hash every candidate file (through the audit's stat cache when given); unreadable files
+    become warnings and failures."""
+    cache = audit.cached_hashes(config.name) if audit is not None else {}
+    fresh: list[tuple[str, tuple[int, int, int, int], str]] = []
+    settled_before_ns = time.time_ns() - STAT_CACHE_SETTLE_NS
     scanned = []
     for candidate in list_candidates(directory, config.include, config.exclude):
+        key = str(candidate.path)
+        cached = cache.get(key)
+        if cached is not None and cached[0] == candidate.fingerprint:
+            scanned.append(ScannedFile(candidate, cached[1]))
+            continue
         try:
-            scanned.append(ScannedFile(candidate, hash_file(candidate.path)))
+            file_hash = hash_file(candidate.path)
         except FileNotFoundError:
             continue  # removed since it was listed: nothing to load
         except OSError as exc:
             summary.failed += 1
             summary.warnings.append(f"{candidate.path}: cannot read: {exc.strerror or exc}")
+            continue
+        scanned.append(ScannedFile(candidate, file_hash))
+        if max(candidate.mtime_ns, candidate.ctime_ns) < settled_before_ns:
+            fresh.append((key, candidate.fingerprint, file_hash))
+    if audit is not None:
+        audit.remember_hashes(config.name, fresh)
     return scanned
 
 
@@ -211,7 +232,7 @@ def plan_run(
     """Scan, reclaim stale leases, register new hashes; return the files that need work."""
     summary = RunSummary()
     audit.ensure_schema()
-    scanned = scan_directory(directory, config, summary)
+    scanned = scan_directory(directory, config, summary, audit)
 
     reclaimed = audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
     summary.reclaimed = reclaimed.pending
@@ -222,10 +243,8 @@ def plan_run(
     by_hash: dict[str, list[ScannedFile]] = {}
     for item in scanned:
         by_hash.setdefault(item.file_hash, []).append(item)
-    for file_hash, items in by_hash.items():
-        first = items[0].candidate
-        if audit.register(config.name, file_hash, str(first.path), first.size, config.config_hash):
-            summary.new += 1
+    first_seen = [(h, str(items[0].candidate.path), items[0].candidate.size) for h, items in by_hash.items()]
+    summary.new = len(audit.register_many(config.name, first_seen, config.config_hash))
 
     known = audit.rows_for(config.name, list(by_hash))
     todo = []

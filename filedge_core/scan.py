@@ -23,6 +23,13 @@ class Candidate:
     path: Path
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    inode: int = 0
+
+    @property
+    def fingerprint(self) -> tuple[int, int, int, int]:
+        """What must be unchanged for a cached hash to be trusted."""
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode)
 
 
 def is_ignored(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -57,7 +64,7 @@ def list_candidates(
             continue  # vanished between listing and stat
         if not stat.S_ISREG(st.st_mode):
             continue
-        found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns))
+        found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     found.sort(key=lambda c: c.path.name)
     return found
 

@@ -140,3 +140,35 @@ def test_requeued_data_error_loads_after_fix(ws: Workspace) -> None:
     audit = ws.audit()
     assert audit.requeue(None) == 1
     assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 0 New: 0 Reclaimed: 0 Retried: 0"
+
+
+def test_stat_cache_skips_rehashing_unchanged_files(ws: Workspace, monkeypatch) -> None:
+    import os
+    import time
+
+    import filedge_core.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "STAT_CACHE_SETTLE_NS", 500_000_000)
+    old = time.time() - 60
+    for i in range(3):
+        path = ws.add(f"f{i}.csv", orders_csv(2, start=10 * i))
+        os.utime(path, (old, old))
+    time.sleep(0.6)  # let the files settle
+    hashed: list[str] = []
+    real = runner_module.hash_file
+    monkeypatch.setattr(runner_module, "hash_file", lambda p: hashed.append(str(p)) or real(p))
+    assert run(ws).committed == 3 and len(hashed) == 3
+    assert run(ws).skipped == 3 and len(hashed) == 3, "unchanged files are not hashed again"
+    # Same size and mtime but new bytes: the ctime moved, so the file is hashed again.
+    target = ws.incoming / "f1.csv"
+    text = target.read_text().replace("10.50", "99.50")
+    target.write_text(text)
+    os.utime(target, (old, old))
+    time.sleep(0.6)
+    summary = run(ws)
+    assert len(hashed) == 4 and (summary.new, summary.committed) == (1, 1)
+    # A file changed moments ago is hashed on every run until it settles.
+    ws.add("new.csv", orders_csv(1, start=500))
+    run(ws)
+    run(ws)
+    assert hashed.count(str(ws.incoming / "new.csv")) == 2

@@ -23,6 +23,7 @@ _EXPORTS = {
     ],
     "runner": [
         "FileResult",
+        "RunPlan",
         "RunSummary",
         "WorkItem",
         "plan_run",
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from .pipeline_set import PipelineEntry, load_pipeline_set
     from .runner import (
         FileResult,
+        RunPlan,
         RunSummary,
         WorkItem,
         plan_run,

@@ -1,7 +1,12 @@
 """A set of pipelines to run together (the Dagster code location reads one):
 
     pipelines:
-      - { name: orders, dir: incoming, config: pipeline.yaml, audit_db_url: sqlite:///filedge.db }
+      - name: orders                       # optional; default: the pipeline config's name
+        dir: incoming                      # the watched directory
+        config: pipeline.yaml              # the pipeline config
+        audit_db_url: sqlite:///filedge.db # default sqlite:///filedge.db
+        sensor_interval_seconds: 30        # Dagster sensor interval (default 30)
+        run_batch_size: 200                # files per Dagster run at most (default 200)
 
 Paths, and relative ``sqlite:///`` audit URLs, resolve against the set file's directory."""
 
@@ -26,6 +31,8 @@ class _Entry(BaseModel):
     dir: str = Field(min_length=1)
     config: str = Field(min_length=1)
     audit_db_url: str = "sqlite:///filedge.db"
+    sensor_interval_seconds: int = Field(default=30, ge=1)
+    run_batch_size: int = Field(default=200, ge=1)
 
 
 class _PipelineSet(BaseModel):
@@ -42,6 +49,8 @@ class PipelineEntry:
     directory: Path
     config: PipelineConfig
     audit_db_url: str
+    sensor_interval_seconds: int = 30
+    run_batch_size: int = 200
 
 
 def load_pipeline_set(path: str | os.PathLike[str]) -> list[PipelineEntry]:
@@ -72,5 +81,9 @@ def load_pipeline_set(path: str | os.PathLike[str]) -> list[PipelineEntry]:
             audit_url = resolve_sqlite_path(entry.audit_db_url, base)
         except ValueError as exc:
             raise ConfigError(f"{path}: pipelines[{index}].audit_db_url: {exc}") from None
-        entries.append(PipelineEntry(config.name, base / entry.dir, config, audit_url))
+        entries.append(
+            PipelineEntry(
+                config.name, base / entry.dir, config, audit_url, entry.sensor_interval_seconds, entry.run_batch_size
+            )
+        )
     return entries

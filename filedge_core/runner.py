@@ -226,9 +226,16 @@ class WorkItem:
     path: str
 
 
-def plan_run(
-    config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore
-) -> tuple[RunSummary, list[WorkItem]]:
+@dataclass
+class RunPlan:
+    """What a scan found: the counters so far, the files that need work, every hash seen."""
+
+    summary: RunSummary
+    items: list[WorkItem]
+    seen: list[str]
+
+
+def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore) -> RunPlan:
     """Scan, reclaim stale leases, register new hashes; return the files that need work."""
     summary = RunSummary()
     audit.ensure_schema()
@@ -260,7 +267,7 @@ def plan_run(
                     f"{items[0].candidate.path}: FAILED after {row.attempts} attempt(s), needs "
                     f"`filedge requeue --hash {file_hash[:12]}`: {row.last_error}"
                 )
-    return summary, todo
+    return RunPlan(summary, todo, list(by_hash))
 
 
 def work(
@@ -330,14 +337,15 @@ def run_pipeline(
     on_result: Callable[[FileResult], None] | None = None,
 ) -> RunSummary:
     """One pass over ``directory``: every file that needs work is claimed and loaded once."""
-    summary, items = plan_run(config, directory, audit)
-    if items:
-        work(config, items, audit, summary, worker, on_result)
-    return summary
+    plan = plan_run(config, directory, audit)
+    if plan.items:
+        work(config, plan.items, audit, plan.summary, worker, on_result)
+    return plan.summary
 
 
 __all__ = [
     "FileResult",
+    "RunPlan",
     "WorkItem",
     "plan_run",
     "work",

@@ -50,7 +50,8 @@ def run_parallel(
     """Like ``run_pipeline`` with ``workers`` processes; returns one merged summary."""
     audit = AuditStore(audit_url)
     try:
-        summary, items = plan_run(config, directory, audit)
+        plan = plan_run(config, directory, audit)
+        summary, items = plan.summary, plan.items
     finally:
         audit.dispose()
     if not items:

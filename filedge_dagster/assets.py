@@ -1,0 +1,93 @@
+"""The ingesting asset: materializing a partition (a file hash) or a range of them runs the
+core's ``process_file`` for each file — the same claim/write/commit as ``filedge run``."""
+
+
+import os
+import warnings
+from typing import Any
+
+import dagster as dg
+
+from filedge_core import FileResult, PipelineEntry, open_connector, process_file
+
+from .partitions import file_partitions, safe_name
+from .resources import FiledgeResource
+
+DONE = ("committed", "already_committed")
+
+
+def asset_key(pipeline: str) -> dg.AssetKey:
+    return dg.AssetKey(["filedge", safe_name(pipeline)])
+
+
+def _metadata(result: FileResult, entry: PipelineEntry) -> dict[str, Any]:
+    return {
+        "path": dg.MetadataValue.path(result.path) if result.path else "",
+        "rows_written": result.rows_written,
+        "rows_rejected": 0,
+        "dest_table": entry.config.dest_table,
+        "attempts": result.attempts,
+        "duration_s": round(result.duration_s, 3),
+        "outcome": result.outcome,
+    }
+
+
+def build_ingest_asset(entry: PipelineEntry) -> dg.AssetsDefinition:
+    """The partitioned asset of one pipeline."""
+    name = entry.name
+    retry_cap = entry.config.retry_cap
+    with warnings.catch_warnings():
+        # single-run backfills are what make one run cover many files; Dagster marks the
+        # parameter beta, and says so at every import of this module otherwise.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _build(entry, name, retry_cap)
+
+
+def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=asset_key(name),
+        partitions_def=file_partitions(name),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        # Step retries for transient errors. The audit's attempt count stays the truth: a file
+        # that used retry_cap attempts is not claimed again, whatever Dagster retries.
+        retry_policy=dg.RetryPolicy(max_retries=retry_cap, delay=2, backoff=dg.Backoff.EXPONENTIAL),
+        group_name="filedge",
+        kinds={"filedge", entry.config.connector.type},
+        description=f"Files of {entry.directory} loaded into {entry.config.dest_table} exactly once "
+        f"(pipeline {name!r}); one partition per file content hash.",
+        metadata={"dest_table": entry.config.dest_table, "directory": str(entry.directory)},
+    )
+    def ingest(context: dg.AssetExecutionContext, filedge: FiledgeResource) -> dg.MaterializeResult:
+        pipeline = filedge.pipeline(name)
+        config = pipeline.config
+        audit = filedge.audit(name)
+        # A lease left by a crashed earlier attempt of this very run must not block its retry.
+        audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
+        worker = f"dagster:{context.run_id[:8]}:{os.getpid()}"
+        connector = open_connector(config)
+        try:
+            connector.prepare()
+            results = [process_file(config, key, audit, connector, worker) for key in context.partition_keys]
+        finally:
+            connector.close()
+        failed = [r for r in results if r.outcome not in DONE]
+        if not failed:
+            for result in results:
+                context.add_asset_metadata(_metadata(result, pipeline), partition_key=result.file_hash)
+            return dg.MaterializeResult()
+        # Report the files that did load, then fail the step with the reasons of the others.
+        for result in results:
+            if result.outcome in DONE:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=context.asset_key, partition=result.file_hash, metadata=_metadata(result, pipeline)
+                    )
+                )
+        reasons = "\n".join(f"{r.file_hash[:12]} {r.path}: {r.outcome}: {r.error}" for r in failed)
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(results)} file(s) not loaded:\n{reasons}",
+            metadata={"failed_files": [r.file_hash for r in failed], "reasons": reasons},
+            allow_retries=any(r.retryable for r in failed),
+        )
+
+    return ingest

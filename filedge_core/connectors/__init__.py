@@ -12,6 +12,10 @@ def open_connector(config: PipelineConfig) -> Connector:
         from .sqlite import SqliteConnector
 
         return SqliteConnector(config)
+    if config.connector.type == "postgresql":
+        from .postgresql import PostgresConnector
+
+        return PostgresConnector(config)
     from ..errors import ConfigError
 
     raise ConfigError(f"connector.type: {config.connector.type!r} is not available yet")

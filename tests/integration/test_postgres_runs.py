@@ -1,0 +1,136 @@
+"""``filedge run`` on PostgreSQL: the crash tests, the walkthrough's sequence on mixed back ends,
+and many concurrent workers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance import test_crash
+from tests.support import Workspace, orders_csv
+from filedge_core.scan import hash_file
+
+pytestmark = pytest.mark.postgres
+
+# The crash suite of tests/acceptance/test_crash.py, with the audit table and the destination on
+# PostgreSQL (the `ws` fixture below replaces the SQLite one).
+test_crash_at_each_step_then_recover = test_crash.test_crash_at_each_step_then_recover
+test_sigkill_mid_insert = test_crash.test_sigkill_mid_insert
+test_heartbeat_keeps_a_slow_file_alive = test_crash.test_heartbeat_keeps_a_slow_file_alive
+test_without_heartbeat_the_lease_would_go_stale = test_crash.test_without_heartbeat_the_lease_would_go_stale
+test_file_that_kills_its_worker_ends_failed = test_crash.test_file_that_kills_its_worker_ends_failed
+
+
+@pytest.fixture
+def ws(tmp_path: Path, pg_database: str) -> Workspace:
+    return Workspace(tmp_path, audit_url=pg_database, dest_url=pg_database)
+
+
+def simulate_crash(ws: Workspace) -> None:
+    """The walkthrough's step 3, on whichever database holds the audit table."""
+    audit = ws.audit()
+    try:
+        import sqlalchemy as sa
+
+        stale = "2000-01-01T00:00:00+00:00"
+        value = ":ts" if audit.backend == "sqlite" else "CAST(:ts AS timestamptz)"
+        with audit.engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE etl_file_audit SET state='PROCESSING', claimed_at={value} WHERE state='COMMITTED'"), {"ts": stale})
+    finally:
+        audit.dispose()
+
+
+def status(ws: Workspace) -> list[str]:
+    from tests.support import filedge
+
+    return filedge("status", "--audit-db-url", ws.audit_url).stdout.splitlines()
+
+
+@pytest.mark.parametrize("layout", ["sqlite-audit+pg-dest", "pg-audit+sqlite-dest", "pg-audit+pg-dest"])
+def test_walkthrough_sequence_on_mixed_backends(tmp_path: Path, pg_database: str, layout: str) -> None:
+    audit_url = None if layout.startswith("sqlite-audit") else pg_database
+    dest_url = None if layout.endswith("sqlite-dest") else pg_database
+    ws = Workspace(tmp_path, audit_url=audit_url, dest_url=dest_url)
+    ws.add("orders.csv", "order_id,amount\n1001,49.99\n1002,149.00\n")
+    assert ws.run().stdout == "Committed: 1 Failed: 0 Skipped: 0 New: 1 Reclaimed: 0 Retried: 0\n"
+    simulate_crash(ws)
+    assert status(ws) == ["PENDING: 0", "PROCESSING: 1", "COMMITTED: 0", "FAILED: 0"]
+    assert ws.run().stdout == "Committed: 1 Failed: 0 Skipped: 0 New: 0 Reclaimed: 1 Retried: 0\n"
+    assert len(ws.dest_rows()) == 2
+    assert status(ws) == ["PENDING: 0", "PROCESSING: 0", "COMMITTED: 1", "FAILED: 0"]
+    assert ws.run().stdout == "Committed: 0 Failed: 0 Skipped: 1 New: 0 Reclaimed: 0 Retried: 0\n"
+    assert len(ws.dest_rows()) == 2
+
+
+def make_files(ws: Workspace, files: int, rows: int) -> set[str]:
+    hashes = set()
+    for f in range(files):
+        lines = ["order_id,amount"] + [f"{f}-{r},{r}.25" for r in range(rows)]
+        hashes.add(hash_file(ws.add(f"f{f:04d}.csv", "\n".join(lines) + "\n")))
+    return hashes
+
+
+def parse_summary(line: str) -> dict[str, int]:
+    parts = line.split()
+    return {parts[i].rstrip(":"): int(parts[i + 1]) for i in range(0, len(parts), 2)}
+
+
+def test_four_concurrent_processes_200_files(ws: Workspace) -> None:
+    """4 separate `filedge run` processes (as on 4 machines) x 200 files x 500 rows."""
+    hashes = make_files(ws, 200, 500)
+    procs = [ws.popen_run() for _ in range(4)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    summaries = [parse_summary(out.strip()) for out, _ in outputs]
+    assert sum(s["Committed"] for s in summaries) == 200
+    assert sum(s["Failed"] for s in summaries) == 0
+    assert sum(s["New"] for s in summaries) == 200
+    audit = ws.audit()
+    assert audit.counts() == {"PENDING": 0, "PROCESSING": 0, "COMMITTED": 200, "FAILED": 0}
+    assert all(row.attempts == 1 for row in audit.rows())
+    assert ws.rows_per_hash() == {h: 500 for h in hashes}
+    assert ws.ledger() == {h: 500 for h in hashes}
+
+
+def test_workers_option_shares_the_audit_table(ws: Workspace) -> None:
+    hashes = make_files(ws, 60, 100)
+    result = ws.run("--workers", "4")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Committed: 60 Failed: 0 Skipped: 0 New: 60 Reclaimed: 0 Retried: 0\n"
+    assert ws.rows_per_hash() == {h: 100 for h in hashes}
+    claimers = {row.claimed_by for row in ws.audit().rows()}
+    assert len(claimers) > 1, "the work was shared between processes"
+
+
+def test_zombie_stopped_mid_write_is_fenced(ws: Workspace) -> None:
+    """A is SIGSTOPped inside its COPY; B reclaims and commits; A resumes and is refused."""
+    import signal
+
+    path = ws.add("a.csv", orders_csv(2000))
+    file_hash = hash_file(path)
+    zombie = ws.popen_run(env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:2"})
+    test_crash.wait_for(lambda: ws.audit().counts()["PROCESSING"] == 1)
+    time.sleep(0.5)  # A is inside its destination transaction, rows sent but not committed
+    zombie.send_signal(signal.SIGSTOP)
+    try:
+        ws.age_leases()
+        b = ws.run(timeout=60)
+        assert b.stdout == "Committed: 1 Failed: 0 Skipped: 0 New: 0 Reclaimed: 1 Retried: 0\n", b.stderr
+        row = ws.audit().get("orders", file_hash)
+        assert (row.state, row.claim_token) == ("COMMITTED", 2)
+        assert ws.rows_per_hash() == {file_hash: 2000}
+    finally:
+        zombie.send_signal(signal.SIGCONT)
+    out, err = zombie.communicate(timeout=60)
+    assert zombie.returncode == 0, err
+    assert out == "Committed: 0 Failed: 0 Skipped: 1 New: 1 Reclaimed: 0 Retried: 0\n"
+    assert "write refused: claim token 1 is older than 2" in err
+    row = ws.audit().get("orders", file_hash)
+    assert (row.state, row.claim_token, row.rows_written) == ("COMMITTED", 2, 2000), "A's audit update changed nothing"
+    assert ws.rows_per_hash() == {file_hash: 2000}
+    assert ws.ledger() == {file_hash: 2000}

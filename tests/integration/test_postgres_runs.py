@@ -134,3 +134,63 @@ def test_zombie_stopped_mid_write_is_fenced(ws: Workspace) -> None:
     assert (row.state, row.claim_token, row.rows_written) == ("COMMITTED", 2, 2000), "A's audit update changed nothing"
     assert ws.rows_per_hash() == {file_hash: 2000}
     assert ws.ledger() == {file_hash: 2000}
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_connection_failures_are_one_line_and_masked(ws: Workspace, pg_database: str) -> None:
+    from tests.support import filedge
+
+    host = pg_database.split("@", 1)[1].rsplit("/", 1)[0]
+    unknown_db = f"postgresql://postgres:hunter2@{host}/no_such_database"
+    result = filedge("status", "--audit-db-url", unknown_db)
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert "no_such_database" in line and "hunter2" not in line and "***" in line
+
+    closed = "postgresql://postgres:hunter2@127.0.0.1:1/db"
+    line = one_line_error(filedge("status", "--audit-db-url", closed))
+    assert "hunter2" not in line and "127.0.0.1" in line
+
+    # The destination is down before anything is claimed: exit 1, no file charged.
+    ws.configure(connector={"type": "postgresql", "url": unknown_db})
+    ws.add("a.csv", orders_csv(3))
+    result = ws.run()
+    assert result.returncode == 1 and "hunter2" not in result.stderr
+    assert "no_such_database" in one_line_error(result)
+    row = ws.audit().rows()[0]
+    assert (row.state, row.attempts) == ("PENDING", 0)
+
+
+def test_destination_lost_mid_write_costs_no_data(ws: Workspace, pg_database: str) -> None:
+    """The server drops the writer's connection inside its COPY: the file is retried next run."""
+    import psycopg
+
+    from tests.support import libpq_url
+
+    path = ws.add("a.csv", orders_csv(1000))
+    ws.add("b.csv", orders_csv(10, start=5000))
+    proc = ws.popen_run(env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:3"})
+    test_crash.wait_for(lambda: ws.audit().counts()["PROCESSING"] == 1)
+    time.sleep(0.5)
+    with psycopg.connect(libpq_url(pg_database), autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'filedge' AND datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert killed, "the writer's session was found"
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "Failed: 1" in out and "Traceback" not in err
+    first = hash_file(path)
+    row = ws.audit().get("orders", first)
+    assert (row.state, row.error_kind) == ("FAILED", "transient")
+    assert first not in ws.rows_per_hash()
+    again = ws.run()
+    assert again.returncode == 0, again.stderr
+    assert "Retried: 1" in again.stdout
+    assert ws.rows_per_hash()[first] == 1000

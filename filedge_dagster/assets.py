@@ -63,7 +63,7 @@ def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefiniti
         audit = filedge.audit(name)
         # A lease left by a crashed earlier attempt of this very run must not block its retry.
         audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
-        worker = f"dagster:{context.run_id[:8]}:{os.getpid()}"
+        worker = f"dagster:{context.run.run_id[:8]}:{os.getpid()}"
         connector = open_connector(config)
         try:
             connector.prepare()

@@ -337,9 +337,16 @@ class AuditStore:
 
     def reclaim_stale(self, pipeline: str, stale_seconds: float, retry_cap: int) -> Reclaimed:
         """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used."""
-        base = sa.and_(
-            _t.pipeline == pipeline, _t.state == FileState.PROCESSING.value, self._stale(stale_seconds)
-        )
+        return self._reclaim(pipeline, self._stale(stale_seconds), retry_cap)
+
+    def reclaim_worker(self, pipeline: str, worker_prefix: str, retry_cap: int) -> Reclaimed:
+        """Leases of workers known dead (``claimed_by`` starting with ``worker_prefix``), whatever
+        their age: as ``reclaim_stale``. Safe even if one is alive: its claim token is fenced."""
+        pattern = worker_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return self._reclaim(pipeline, _t.claimed_by.like(pattern, escape="\\"), retry_cap)
+
+    def _reclaim(self, pipeline: str, condition: sa.ColumnElement[bool], retry_cap: int) -> Reclaimed:
+        base = sa.and_(_t.pipeline == pipeline, _t.state == FileState.PROCESSING.value, condition)
         lost = self._execute(
             sa.update(audit_table)
             .where(base, _t.attempts >= retry_cap)

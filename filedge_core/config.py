@@ -168,11 +168,12 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return f"{source}: {_loc(first['loc'])}: {_describe(first)}{more}"
 
 
-def _expand_env(url: str, source: str) -> str:
+def expand_env(url: str, source: str, key: str = "connector.url") -> str:
+    """``${VAR}`` replaced from the environment; a ConfigError naming ``key`` if one is unset."""
     def repl(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in os.environ:
-            raise ConfigError(f"{source}: connector.url: environment variable {name!r} is not set")
+            raise ConfigError(f"{source}: {key}: environment variable {name!r} is not set")
         return os.environ[name]
 
     return _ENV_VAR.sub(repl, url)
@@ -186,7 +187,7 @@ def parse_pipeline(data: Any, source: str = "<config>", base_dir: Path | None = 
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
-    url = _expand_env(config.connector.url, source)
+    url = expand_env(config.connector.url, source)
     try:
         url = resolve_sqlite_path(url, base_dir or Path.cwd())
     except ValueError as exc:

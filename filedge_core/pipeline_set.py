@@ -8,7 +8,8 @@
         sensor_interval_seconds: 30        # Dagster sensor interval (default 30)
         run_batch_size: 200                # files per Dagster run at most (default 200)
 
-Paths, and relative ``sqlite:///`` audit URLs, resolve against the set file's directory."""
+Paths, and relative ``sqlite:///`` audit URLs, resolve against the set file's directory;
+``${VAR}`` in ``audit_db_url`` is read from the environment."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import PipelineConfig, format_validation_error, load_pipeline
+from .config import PipelineConfig, expand_env, format_validation_error, load_pipeline
 from .dburl import resolve_sqlite_path
 from .errors import ConfigError
 
@@ -78,7 +79,9 @@ def load_pipeline_set(path: str | os.PathLike[str]) -> list[PipelineEntry]:
         if any(e.name == config.name for e in entries):
             raise ConfigError(f"{path}: pipelines[{index}].name: pipeline {config.name!r} appears twice")
         try:
-            audit_url = resolve_sqlite_path(entry.audit_db_url, base)
+            audit_url = resolve_sqlite_path(
+                expand_env(entry.audit_db_url, str(path), f"pipelines[{index}].audit_db_url"), base
+            )
         except ValueError as exc:
             raise ConfigError(f"{path}: pipelines[{index}].audit_db_url: {exc}") from None
         entries.append(

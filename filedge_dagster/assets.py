@@ -61,8 +61,14 @@ def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefiniti
         pipeline = filedge.pipeline(name)
         config = pipeline.config
         audit = filedge.audit(name)
-        # A lease left by a crashed earlier attempt of this very run must not block its retry.
         audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
+        parent = context.run.tags.get("dagster/parent_run_id")
+        if parent:
+            # This run retries a run that failed (e.g. its process crashed): the leases that run
+            # still holds are dead, whatever their age. A live holder would be fenced anyway.
+            parent_run = context.instance.get_run_by_id(parent)
+            if parent_run is not None and parent_run.status == dg.DagsterRunStatus.FAILURE:
+                audit.reclaim_worker(config.name, f"dagster:{parent[:8]}:", config.retry_cap)
         worker = f"dagster:{context.run.run_id[:8]}:{os.getpid()}"
         connector = open_connector(config)
         try:

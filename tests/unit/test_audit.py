@@ -140,6 +140,18 @@ def test_claimed_at_written_by_other_tools(audit: AuditStore, fmt) -> None:
     assert abs(read_back - (now - timedelta(minutes=15))) < timedelta(seconds=1)
 
 
+def test_reclaim_a_dead_workers_leases_at_once(audit: AuditStore) -> None:
+    register(audit, H1)
+    register(audit, H2)
+    dead = audit.claim(P, H1, "dagster:abcd_123:42", 3, "cfg")
+    audit.claim(P, H2, "dagster:abcdX123:42", 3, "cfg")  # '_' is not a wildcard
+    assert audit.reclaim_worker(P, "dagster:abcd_123:", 3).pending == 1
+    assert (state(audit, H1), state(audit, H2)) == ("PENDING", "PROCESSING")
+    assert audit.commit(dead, 1) is False
+    again = audit.claim(P, H1, "w", 3, "cfg")
+    assert again.token == dead.token + 1
+
+
 def test_heartbeat_keeps_lease_fresh(audit: AuditStore) -> None:
     register(audit)
     claim = audit.claim(P, H1, "w1", 3, "cfg")

@@ -261,24 +261,7 @@ class AuditStore:
 
     def register(self, pipeline: str, file_hash: str, path: str, size: int, config_hash: str) -> bool:
         """PENDING row for a content hash seen for the first time; True if it was new."""
-        stmt = (
-            self._insert(audit_table)
-            .values(
-                pipeline=pipeline,
-                file_hash=file_hash,
-                path=path,
-                size=size,
-                state=FileState.PENDING.value,
-                attempts=0,
-                claim_token=0,
-                config_hash=config_hash,
-                created_at=self._now,
-                updated_at=self._now,
-            )
-            .on_conflict_do_nothing(index_elements=["pipeline", "file_hash"])
-            .returning(_t.file_hash)
-        )
-        return len(self._execute(stmt)) == 1
+        return file_hash in self.register_many(pipeline, [(file_hash, path, size)], config_hash)
 
     def register_many(self, pipeline: str, files: Sequence[tuple[str, str, int]], config_hash: str) -> set[str]:
         """Register many ``(file_hash, path, size)`` in one transaction; the hashes that were new."""

@@ -7,8 +7,18 @@ from typing import Protocol
 
 import polars as pl
 
+from ..errors import ConfigError
+
 LEDGER_TABLE = "_filedge_loads"
 HASH_COLUMN = "_filedge_file_hash"
+
+
+def shared_table_error(dest_table: str, other_pipeline: str) -> ConfigError:
+    """Rows are tagged with the file hash only, so one table cannot serve two pipelines."""
+    return ConfigError(
+        f"dest_table: table {dest_table!r} is already loaded by pipeline {other_pipeline!r}; "
+        "two pipelines cannot share a destination table"
+    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..config import PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
 from ..faults import checkpoint
-from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite
+from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite, shared_table_error
 
 TOKEN_COLUMN = "_filedge_claim_token"
 DEFAULT_SCHEMA = "public"
@@ -342,10 +342,7 @@ class PostgresConnector:
             (self.config.dest_table, self.config.name),
         ).fetchone()
         if row:
-            raise ConfigError(
-                f"dest_table: table {self.config.dest_table!r} is already loaded by pipeline {row[0]!r}; "
-                "two pipelines cannot share a destination table"
-            )
+            raise shared_table_error(self.config.dest_table, row[0])
 
     # -- the write ------------------------------------------------------------------------
 

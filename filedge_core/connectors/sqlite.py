@@ -14,7 +14,7 @@ from ..dburl import mask, sqlite_path
 from ..errors import ConfigError, DatabaseUnavailable, LeaseLost, TransientError
 from ..faults import checkpoint
 from ..identifiers import quote
-from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite
+from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite, shared_table_error
 
 BATCH_ROWS = 50_000
 SQL_TYPES = {
@@ -130,10 +130,7 @@ class SqliteConnector:
             (self.config.dest_table, self.config.name),
         ).fetchone()
         if row:
-            raise ConfigError(
-                f"dest_table: table {self.config.dest_table!r} is already loaded by pipeline {row[0]!r}; "
-                "two pipelines cannot share a destination table"
-            )
+            raise shared_table_error(self.config.dest_table, row[0])
 
     def write(self, request: FileWrite) -> int:
         conn = self._connection()

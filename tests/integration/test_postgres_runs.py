@@ -3,7 +3,6 @@ and many concurrent workers."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import time
 from pathlib import Path

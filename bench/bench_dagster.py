@@ -103,7 +103,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import logging
 
-    logging.getLogger("dagster").setLevel(logging.WARNING)
+    logging.disable(logging.INFO)  # Dagster logs every materialization event to the console
 
     cli_s, dagster_s, runs = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -310,15 +310,12 @@ def process_file(
 
     ``connector`` must be prepared. A COMMITTED file is a no-op; anything else is claimed and
     loaded exactly as ``filedge run`` does."""
+    claim = audit.claim(config.name, file_hash, worker or worker_id(), config.retry_cap, config.config_hash)
+    if claim is not None:
+        return process_claim(claim, claim.path, config, audit, connector)
     row = audit.get(config.name, file_hash)
     if row is None:
         return FileResult(file_hash, "", "failed", error=f"{file_hash[:12]}: not registered in the audit table")
-    if row.state == FileState.COMMITTED.value:
-        return FileResult(file_hash, row.path, "already_committed", row.rows_written or 0, None, row.attempts)
-    claim = audit.claim(config.name, file_hash, worker or worker_id(), config.retry_cap, config.config_hash)
-    if claim is not None:
-        return process_claim(claim, row.path, config, audit, connector)
-    row = audit.get(config.name, file_hash) or row
     if row.state == FileState.COMMITTED.value:
         return FileResult(file_hash, row.path, "already_committed", row.rows_written or 0, None, row.attempts)
     if row.state == FileState.PROCESSING.value:

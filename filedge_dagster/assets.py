@@ -4,6 +4,7 @@ core's ``process_file`` for each file — the same claim/write/commit as ``filed
 
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -56,8 +57,11 @@ def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefiniti
         description=f"Files of {entry.directory} loaded into {entry.config.dest_table} exactly once "
         f"(pipeline {name!r}); one partition per file content hash.",
         metadata={"dest_table": entry.config.dest_table, "directory": str(entry.directory)},
+        # The body reports each file's materialization itself, as soon as the file is done, so
+        # files committed before a crash or a failure are shown as materialized.
+        output_required=False,
     )
-    def ingest(context: dg.AssetExecutionContext, filedge: FiledgeResource) -> dg.MaterializeResult:
+    def ingest(context: dg.AssetExecutionContext, filedge: FiledgeResource) -> Iterator[dg.AssetMaterialization]:
         pipeline = filedge.pipeline(name)
         config = pipeline.config
         audit = filedge.audit(name)
@@ -71,27 +75,24 @@ def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefiniti
                 audit.reclaim_worker(config.name, f"dagster:{parent[:8]}:", config.retry_cap)
         worker = f"dagster:{context.run.run_id[:8]}:{os.getpid()}"
         connector = open_connector(config)
+        failed: list[FileResult] = []
         try:
             connector.prepare()
-            results = [process_file(config, key, audit, connector, worker) for key in context.partition_keys]
+            for key in context.partition_keys:
+                result = process_file(config, key, audit, connector, worker)
+                if result.outcome in DONE:
+                    yield dg.AssetMaterialization(
+                        asset_key=context.asset_key, partition=key, metadata=_metadata(result, pipeline)
+                    )
+                else:
+                    failed.append(result)
         finally:
             connector.close()
-        failed = [r for r in results if r.outcome not in DONE]
         if not failed:
-            for result in results:
-                context.add_asset_metadata(_metadata(result, pipeline), partition_key=result.file_hash)
-            return dg.MaterializeResult()
-        # Report the files that did load, then fail the step with the reasons of the others.
-        for result in results:
-            if result.outcome in DONE:
-                context.log_event(
-                    dg.AssetMaterialization(
-                        asset_key=context.asset_key, partition=result.file_hash, metadata=_metadata(result, pipeline)
-                    )
-                )
+            return
         reasons = "\n".join(f"{r.file_hash[:12]} {r.path}: {r.outcome}: {r.error}" for r in failed)
         raise dg.Failure(
-            description=f"{len(failed)} of {len(results)} file(s) not loaded:\n{reasons}",
+            description=f"{len(failed)} of {len(context.partition_keys)} file(s) not loaded:\n{reasons}",
             metadata={"failed_files": [r.file_hash for r in failed], "reasons": reasons},
             allow_retries=any(r.retryable for r in failed),
         )

@@ -105,7 +105,7 @@ def _empty(raw: pl.Expr) -> pl.Expr:
 
 def read_csv_bytes(data: bytes, source_name: str = "file") -> pl.DataFrame:
     """Parse CSV bytes into an all-string frame, exactly as written (empty fields stay "")."""
-    if not data.strip():
+    if not data or data.isspace():
         raise DataError("file is empty (no header row)")
     try:
         return pl.read_csv(io.BytesIO(data), infer_schema=False, empty_string_is_null=False)
@@ -124,6 +124,8 @@ def validate(frame: pl.DataFrame, columns: Sequence[ColumnSpec]) -> tuple[pl.Dat
         datetime_series(frame[c.source]).alias(c.dest) if c.type == "datetime" else _convert(c, pl.col(c.source)).alias(c.dest)
         for c in columns
     )
+    if not _may_have_problems(frame, typed, columns):
+        return typed, []
     check_exprs = []
     for i, column in enumerate(columns):
         raw = frame[column.source]
@@ -145,6 +147,21 @@ def validate(frame: pl.DataFrame, columns: Sequence[ColumnSpec]) -> tuple[pl.Dat
             reason = "required value is missing" if code == 1 else f"{value!r} is not a valid {column.type}"
             problems.append(RowProblem(index, column.source, value, reason))
     return typed, problems
+
+
+def _may_have_problems(frame: pl.DataFrame, typed: pl.DataFrame, columns: Sequence[ColumnSpec]) -> bool:
+    """Cheap column totals: a bad value shows as more nulls after the cast than empty inputs
+    before it; a missing required value as any empty input. Only then are rows examined."""
+    totals = frame.select(
+        *(_empty(pl.col(c.source)).sum().alias(f"e{i}") for i, c in enumerate(columns)),
+    ).row(0)
+    for i, column in enumerate(columns):
+        empties = totals[i]
+        if column.required and empties:
+            return True
+        if column.type != "string" and typed[column.dest].null_count() > empties:
+            return True
+    return False
 
 
 def _record_lines(data: bytes, rows: Sequence[int]) -> dict[int, int]:

@@ -144,11 +144,13 @@ def process_claim(
 ) -> FileResult:
     """Load one claimed file and settle its audit row. Never raises for the file's own problems."""
     started = time.monotonic()
-    with Heartbeat(audit, claim, heartbeat_interval(config)):
+    with Heartbeat(audit, claim, heartbeat_interval(config)) as heartbeat:
         try:
             checkpoint("after_claim")
             data = _read_snapshot(path, claim)
             frame = readers.read_file(data, config)
+            if heartbeat.lost:  # no need to write what the ledger would refuse
+                raise LeaseLost("lease lost while the file was read; another worker owns it now")
             rows = connector.write(FileWrite(claim.pipeline, claim.file_hash, claim.token, frame))
             checkpoint("after_dest_commit")
             if not audit.commit(claim, rows):

@@ -25,18 +25,21 @@ ORDERS_COLUMNS = [
 ]
 
 
+# The walkthrough's pipeline.yaml, as data.
+WALKTHROUGH_CONFIG: dict[str, Any] = {
+    "format": "csv",
+    "dest_table": "orders",
+    "write_mode": "append",
+    "retry_cap": 3,
+    "stale_timeout_minutes": 30,
+    "connector": {"type": "sqlite", "url": "sqlite:///orders.db"},
+    "columns": ORDERS_COLUMNS,
+}
+
+
 def write_pipeline(directory: Path, **overrides: Any) -> Path:
     """A pipeline.yaml like the walkthrough's, with overrides; returns its path."""
-    data: dict[str, Any] = {
-        "format": "csv",
-        "dest_table": "orders",
-        "write_mode": "append",
-        "retry_cap": 3,
-        "stale_timeout_minutes": 30,
-        "connector": {"type": "sqlite", "url": "sqlite:///orders.db"},
-        "columns": ORDERS_COLUMNS,
-    }
-    data.update(overrides)
+    data = {**WALKTHROUGH_CONFIG, **overrides}
     path = directory / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

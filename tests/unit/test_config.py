@@ -8,16 +8,9 @@ import pytest
 
 from filedge_core.config import load_pipeline, parse_pipeline
 from filedge_core.errors import ConfigError
+from tests.support import WALKTHROUGH_CONFIG
 
-BASE = {
-    "format": "csv",
-    "dest_table": "orders",
-    "write_mode": "append",
-    "retry_cap": 3,
-    "stale_timeout_minutes": 30,
-    "connector": {"type": "sqlite", "url": "sqlite:///orders.db"},
-    "columns": [{"source": "order_id", "dest": "order_id", "type": "string", "required": True}],
-}
+BASE = WALKTHROUGH_CONFIG
 
 
 def with_(**changes):

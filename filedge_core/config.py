@@ -21,7 +21,8 @@ from .identifiers import check_identifier
 
 COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
 CONNECTOR_TYPES = ("sqlite", "postgresql")
-FORMATS = ("csv",)
+FORMATS = ("csv", "tsv")
+ENCODINGS = ("utf8", "utf8-sig", "latin1")
 WRITE_MODES = ("append",)
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -73,6 +74,29 @@ class ConnectorSpec(_Model):
         return _one_of("connector type", CONNECTOR_TYPES, value)
 
 
+class CsvOptions(_Model):
+    """How delimited text is read (the ``csv:`` key; for ``format: tsv`` the delimiter is a tab)."""
+
+    delimiter: str | None = None
+    quote_char: str | None = '"'
+    has_header: bool = True
+    skip_rows: int = Field(default=0, ge=0)
+    null_values: list[str] = Field(default_factory=list)
+    encoding: str = "utf8"
+
+    @field_validator("delimiter", "quote_char")
+    @classmethod
+    def _one_char(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) != 1:
+            raise ValueError(f"{value!r} must be a single one-byte character")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        return _one_of("encoding", ENCODINGS, value)
+
+
 class PipelineConfig(_Model):
     """A validated pipeline. ``url`` of the connector is already resolved (env vars, paths)."""
 
@@ -86,6 +110,7 @@ class PipelineConfig(_Model):
     columns: list[ColumnSpec] = Field(min_length=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    csv: CsvOptions = Field(default_factory=CsvOptions)
 
     @field_validator("format")
     @classmethod
@@ -127,6 +152,11 @@ class PipelineConfig(_Model):
         if not self.name:
             object.__setattr__(self, "name", self.dest_table)
         return self
+
+    @property
+    def delimiter(self) -> str:
+        """The field delimiter: ``csv.delimiter``, else a tab for tsv and a comma for csv."""
+        return self.csv.delimiter or ("\t" if self.format == "tsv" else ",")
 
     @property
     def stale_timeout_seconds(self) -> float:

@@ -6,7 +6,9 @@ Casting and validation run as polars expressions, never per row in Python. Probl
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -103,15 +105,112 @@ def _empty(raw: pl.Expr) -> pl.Expr:
     return raw.is_null() | (raw.str.strip_chars() == "")
 
 
-def read_csv_bytes(data: bytes, source_name: str = "file") -> pl.DataFrame:
-    """Parse CSV bytes into an all-string frame, exactly as written (empty fields stay "")."""
-    if not data or data.isspace():
-        raise DataError("file is empty (no header row)")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BOM = b"\xef\xbb\xbf"
+
+
+def decompress(data: bytes) -> bytes:
+    """gzip and zstd content (recognized by its magic bytes) decompressed; anything else as is."""
+    if data.startswith(_GZIP_MAGIC):
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"corrupt gzip data: {exc}") from None
+    if data.startswith(_ZSTD_MAGIC):
+        import zstandard
+
+        try:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        except zstandard.ZstdError as exc:
+            raise DataError(f"corrupt zstd data: {exc}") from None
+    return data
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def to_utf8(data: bytes, encoding: str) -> bytes:
+    """The text as UTF-8 bytes for the parser; binary content is a data error."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"line {_line_of(data, nul)}: NUL byte: this is a binary file, not text")
+    if encoding == "latin1":
+        return data.decode("latin-1").encode("utf-8")
+    if data.startswith(_BOM):
+        if encoding == "utf8-sig":
+            return data[len(_BOM):]
+        raise DataError("the file starts with a UTF-8 byte order mark: set csv.encoding: utf8-sig")
+    return data
+
+
+def _invalid_utf8(data: bytes) -> str | None:
     try:
-        return pl.read_csv(io.BytesIO(data), infer_schema=False, empty_string_is_null=False)
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"line {_line_of(data, exc.start)}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
+            "set csv.encoding if the file is not UTF-8"
+        )
+    return None
+
+
+def _diagnose(text: bytes, config: PipelineConfig) -> str | None:
+    """A precise reason, with its line, for text the fast parser refused (the slow path)."""
+    invalid = _invalid_utf8(text)
+    if invalid:
+        return invalid
+    options = config.csv
+    lines = io.StringIO(text.decode("utf-8"), newline="")
+    for _ in range(options.skip_rows):
+        lines.readline()
+    reader = csv.reader(
+        lines, delimiter=config.delimiter, quotechar=options.quote_char or '"',
+        quoting=csv.QUOTE_MINIMAL if options.quote_char else csv.QUOTE_NONE, strict=True,
+    )
+    expected = None
+    try:
+        start = options.skip_rows + 1
+        for row in reader:
+            if expected is None:
+                expected = len(row)
+            elif len(row) > expected:
+                return f"line {start}: {len(row)} fields, but the first row has {expected}"
+            start = options.skip_rows + reader.line_num + 1
+    except csv.Error as exc:
+        return f"line {options.skip_rows + reader.line_num}: bad quoting: {exc}"
+    return None
+
+
+def read_csv_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
+    """Parse delimited text into an all-string frame, exactly as written (empty fields stay "");
+    ``csv.null_values`` become NULL."""
+    text = to_utf8(decompress(data), config.csv.encoding)
+    if not text or text.isspace():
+        raise DataError("file is empty (no header row)")
+    options = config.csv
+    try:
+        frame = pl.read_csv(
+            io.BytesIO(text),
+            separator=config.delimiter,
+            quote_char=options.quote_char,
+            has_header=options.has_header,
+            skip_rows=options.skip_rows,
+            infer_schema=False,
+            empty_string_is_null=False,
+        )
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot parse CSV: {first}") from None
+        raise DataError(_diagnose(text, config) or f"cannot parse the file: {first}") from None
+    if not options.has_header:
+        frame.columns = [f"column_{i + 1}" for i in range(frame.width)]
+    if options.null_values:
+        nulls = pl.lit(pl.Series(options.null_values, dtype=pl.String)).implode()
+        frame = frame.with_columns(
+            pl.when(pl.col(c).is_in(nulls)).then(None).otherwise(pl.col(c)).alias(c) for c in frame.columns
+        )
+    return frame
 
 
 def validate(frame: pl.DataFrame, columns: Sequence[ColumnSpec]) -> tuple[pl.DataFrame, list[RowProblem]]:
@@ -164,28 +263,37 @@ def _may_have_problems(frame: pl.DataFrame, typed: pl.DataFrame, columns: Sequen
     return False
 
 
-def _record_lines(data: bytes, rows: Sequence[int]) -> dict[int, int]:
+def _record_lines(text: bytes, rows: Sequence[int], config: PipelineConfig) -> dict[int, int]:
     """Physical line number (1-based) where each requested 0-based data row starts."""
     wanted = set(rows)
     found: dict[int, int] = {}
+    options = config.csv
+    skip = options.skip_rows
     try:
-        reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
-        next(reader)  # header
-        start = reader.line_num + 1
+        lines = io.StringIO(text.decode("utf-8", errors="replace"), newline="")
+        for _ in range(skip):
+            lines.readline()
+        reader = csv.reader(
+            lines, delimiter=config.delimiter, quotechar=options.quote_char or '"',
+            quoting=csv.QUOTE_MINIMAL if options.quote_char else csv.QUOTE_NONE,
+        )
+        if options.has_header:
+            next(reader)
+        start = skip + reader.line_num + 1
         for index, _ in enumerate(reader):
             if index in wanted:
                 found[index] = start
                 if len(found) == len(wanted):
                     break
-            start = reader.line_num + 1
+            start = skip + reader.line_num + 1
     except (csv.Error, StopIteration):
         pass
     return found
 
 
-def describe_problems(data: bytes, problems: Sequence[RowProblem]) -> str:
+def describe_problems(text: bytes, problems: Sequence[RowProblem], config: PipelineConfig) -> str:
     """``row 2 (line 3), column 'amount': 'abc' is not a valid float`` (+ how many more)."""
-    lines = _record_lines(data, [p.row for p in problems])
+    lines = _record_lines(text, [p.row for p in problems], config)
     parts = []
     for p in problems:
         line = f" (line {lines[p.row]})" if p.row in lines else ""
@@ -198,8 +306,9 @@ def describe_problems(data: bytes, problems: Sequence[RowProblem]) -> str:
 
 def read_file(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     """The file's rows, typed and validated as ``config`` says; ``DataError`` on any bad value."""
-    frame = read_csv_bytes(data)
+    frame = read_csv_bytes(data, config)
     typed, problems = validate(frame, config.columns)
     if problems:
-        raise DataError(describe_problems(data, problems))
+        text = to_utf8(decompress(data), config.csv.encoding)  # the error path only
+        raise DataError(describe_problems(text, problems, config))
     return typed

@@ -1,0 +1,98 @@
+"""Delimited text as received: tsv, csv options, encodings, compression, and broken files as
+data errors that name the line."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from filedge_core.config import parse_pipeline
+from filedge_core.errors import DataError
+from filedge_core.readers import read_file
+from filedge_core.runner import run_pipeline
+from tests.support import Workspace
+
+
+def config(columns=None, **changes):
+    data = {
+        "dest_table": "t",
+        "connector": {"type": "sqlite", "url": "sqlite:///d.db"},
+        "columns": columns or [{"source": "id", "required": True}, {"source": "amount", "type": "float"}],
+        **changes,
+    }
+    return parse_pipeline(data, "p.yaml", Path("/tmp"))
+
+
+def rows(data: bytes, **changes) -> list[tuple]:
+    return read_file(data, config(**changes)).rows()
+
+
+def error(data: bytes, **changes) -> str:
+    with pytest.raises(DataError) as info:
+        read_file(data, config(**changes))
+    return str(info.value)
+
+
+def test_tsv() -> None:
+    assert rows(b"id\tamount\na,b\t1.5\n", format="tsv") == [("a,b", 1.5)]
+
+
+def test_delimiter_and_quote_char() -> None:
+    data = b"id;amount\n'x;y';2\n"
+    assert rows(data, csv={"delimiter": ";", "quote_char": "'"}) == [("x;y", 2.0)]
+
+
+def test_no_header_names_columns_by_position() -> None:
+    columns = [{"source": "column_1", "dest": "id"}, {"source": "column_2", "dest": "amount", "type": "float"}]
+    assert rows(b"a,1\nb,2\n", columns=columns, csv={"has_header": False}) == [("a", 1.0), ("b", 2.0)]
+
+
+def test_skip_rows_and_line_numbers() -> None:
+    data = b"report of 2026-12-01\n\nid,amount\nx,1\ny,oops\n"
+    assert rows(data[: data.index(b"y,")], csv={"skip_rows": 2}) == [("x", 1.0)]
+    assert error(data, csv={"skip_rows": 2}) == "row 2 (line 5), column 'amount': 'oops' is not a valid float"
+
+
+def test_null_values() -> None:
+    data = b"id,amount\nx,NA\n-,1\n"
+    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'id': required value is missing"):
+        read_file(data, config(csv={"null_values": ["NA", "-"]}))
+    optional = [{"source": "id"}, {"source": "amount", "type": "float"}]
+    assert rows(data, columns=optional, csv={"null_values": ["NA", "-"]}) == [("x", None), (None, 1.0)]
+
+
+def test_encodings() -> None:
+    assert rows("id,amount\ncafé,1\n".encode("latin-1"), csv={"encoding": "latin1"}) == [("café", 1.0)]
+    with_bom = b"\xef\xbb\xbfid,amount\nx,1\n"
+    assert rows(with_bom, csv={"encoding": "utf8-sig"}) == [("x", 1.0)]
+    assert "set csv.encoding: utf8-sig" in error(with_bom)
+
+
+def test_invalid_utf8_names_the_line() -> None:
+    assert error(b"id,amount\nx,1\ny\xff,2\n") == (
+        "line 3: invalid UTF-8 (byte 0xff); set csv.encoding if the file is not UTF-8"
+    )
+
+
+def test_binary_file() -> None:
+    assert error(b"id,amount\nx\x00\x01,1\n") == "line 2: NUL byte: this is a binary file, not text"
+
+
+def test_ragged_and_bad_quoting_name_the_line() -> None:
+    assert error(b"id,amount\nx,1\ny,2,3\n") == "line 3: 3 fields, but the first row has 2"
+    assert error(b'id,amount\nx,1\ny,"2"z\n').startswith("line 3: bad quoting:")
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lambda b: zstandard.ZstdCompressor().compress(b)], ids=["gzip", "zstd"])
+def test_compressed_files_load_through_the_pipeline(ws: Workspace, compress) -> None:
+    ws.add("a.csv.gz", compress(b"order_id,amount\n1,2.5\n2,3.5\n"))
+    summary = run_pipeline(ws.config(), ws.incoming, ws.audit())
+    assert summary.committed == 1
+    assert [r[:2] for r in ws.dest_rows()] == [("1", 2.5), ("2", 3.5)]
+
+
+def test_corrupt_compressed_data() -> None:
+    assert error(gzip.compress(b"id,amount\nx,1\n")[:-8] + b"garbage!").startswith("corrupt gzip data")

@@ -10,6 +10,7 @@ import gzip
 import io
 import zlib
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import polars as pl
@@ -156,37 +157,79 @@ def _invalid_utf8(data: bytes) -> str | None:
     return None
 
 
-def _diagnose(text: bytes, config: PipelineConfig) -> str | None:
-    """A precise reason, with its line, for text the fast parser refused (the slow path)."""
-    invalid = _invalid_utf8(text)
-    if invalid:
-        return invalid
+def _csv_rows(text: bytes, config: PipelineConfig) -> tuple[Any, int]:
+    """A strict ``csv`` reader over the text after ``skip_rows`` lines, and that offset."""
     options = config.csv
-    lines = io.StringIO(text.decode("utf-8"), newline="")
+    lines = io.StringIO(text.decode("utf-8", errors="replace"), newline="")
     for _ in range(options.skip_rows):
         lines.readline()
     reader = csv.reader(
         lines, delimiter=config.delimiter, quotechar=options.quote_char or '"',
         quoting=csv.QUOTE_MINIMAL if options.quote_char else csv.QUOTE_NONE, strict=True,
     )
-    expected = None
+    return reader, options.skip_rows
+
+
+def _structure_problem(text: bytes, config: PipelineConfig, expected: int | None = None) -> str | None:
+    """The first line whose field count differs from the first row's, or whose quoting is
+    broken; None if every record is well formed. Slow (Python's csv): for diagnosis only."""
+    reader, skip = _csv_rows(text, config)
+    first = "the header" if config.csv.has_header else "the first row"
+    start = skip + 1
     try:
-        start = options.skip_rows + 1
         for row in reader:
             if expected is None:
                 expected = len(row)
-            elif len(row) > expected:
-                return f"line {start}: {len(row)} fields, but the first row has {expected}"
-            start = options.skip_rows + reader.line_num + 1
+            elif len(row) != expected:
+                found = "a blank line" if not row else f"{len(row)} field{'s' if len(row) != 1 else ''}"
+                return f"line {start}: {found}, but {first} has {expected}"
+            start = skip + reader.line_num + 1
     except csv.Error as exc:
-        return f"line {options.skip_rows + reader.line_num}: bad quoting: {exc}"
+        return f"line {skip + reader.line_num}: bad quoting: {exc}"
     return None
+
+
+def _diagnose(text: bytes, config: PipelineConfig) -> str | None:
+    """A precise reason, with its line, for text the fast parser refused."""
+    return _invalid_utf8(text) or _structure_problem(text, config)
+
+
+def _check_field_counts(text: bytes, frame: pl.DataFrame, config: PipelineConfig) -> None:
+    """Short rows (and blank lines) are data errors too; polars would pad them with "".
+
+    Without quoting in the file, the total number of delimiters proves every record complete
+    (polars already refuses long ones), at the cost of one byte count. With quotes, a delimiter
+    may sit inside a field, so the records are checked one by one."""
+    width = frame.width
+    if width <= 1:
+        return
+    quote = config.csv.quote_char
+    body = text
+    for _ in range(config.csv.skip_rows):
+        body = body[body.find(b"\n") + 1 :] if b"\n" in body else b""
+    if quote is None or quote.encode() not in body:
+        records = frame.height + (1 if config.csv.has_header else 0)
+        if body.count(config.delimiter.encode()) == records * (width - 1):
+            return
+    problem = _structure_problem(text, config, width)
+    if problem:
+        raise DataError(problem)
+
+
+def _without_trailing_blank_lines(text: bytes) -> bytes:
+    """Blank lines at the end of a file are not records (polars would read them as rows of "")."""
+    end = len(text)
+    while end and text[end - 1] in b"\r\n":
+        end -= 1
+    if text.count(b"\n", end) <= 1:
+        return text  # at most the final newline: nothing to copy
+    return text[:end] + b"\n"
 
 
 def read_csv_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     """Parse delimited text into an all-string frame, exactly as written (empty fields stay "");
     ``csv.null_values`` become NULL."""
-    text = to_utf8(decompress(data), config.csv.encoding)
+    text = _without_trailing_blank_lines(to_utf8(decompress(data), config.csv.encoding))
     if not text or text.isspace():
         raise DataError("file is empty (no header row)")
     options = config.csv
@@ -203,6 +246,7 @@ def read_csv_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(_diagnose(text, config) or f"cannot parse the file: {first}") from None
+    _check_field_counts(text, frame, config)
     if not options.has_header:
         frame.columns = [f"column_{i + 1}" for i in range(frame.width)]
     if options.null_values:
@@ -267,17 +311,9 @@ def _record_lines(text: bytes, rows: Sequence[int], config: PipelineConfig) -> d
     """Physical line number (1-based) where each requested 0-based data row starts."""
     wanted = set(rows)
     found: dict[int, int] = {}
-    options = config.csv
-    skip = options.skip_rows
+    reader, skip = _csv_rows(text, config)
     try:
-        lines = io.StringIO(text.decode("utf-8", errors="replace"), newline="")
-        for _ in range(skip):
-            lines.readline()
-        reader = csv.reader(
-            lines, delimiter=config.delimiter, quotechar=options.quote_char or '"',
-            quoting=csv.QUOTE_MINIMAL if options.quote_char else csv.QUOTE_NONE,
-        )
-        if options.has_header:
+        if config.csv.has_header:
             next(reader)
         start = skip + reader.line_num + 1
         for index, _ in enumerate(reader):
@@ -309,6 +345,6 @@ def read_file(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     frame = read_csv_bytes(data, config)
     typed, problems = validate(frame, config.columns)
     if problems:
-        text = to_utf8(decompress(data), config.csv.encoding)  # the error path only
+        text = to_utf8(decompress(data), config.csv.encoding)  # the error path only (the end is not needed)
         raise DataError(describe_problems(text, problems, config))
     return typed

@@ -82,7 +82,7 @@ def test_binary_file() -> None:
 
 
 def test_ragged_and_bad_quoting_name_the_line() -> None:
-    assert error(b"id,amount\nx,1\ny,2,3\n") == "line 3: 3 fields, but the first row has 2"
+    assert error(b"id,amount\nx,1\ny,2,3\n") == "line 3: 3 fields, but the header has 2"
     assert error(b'id,amount\nx,1\ny,"2"z\n').startswith("line 3: bad quoting:")
 
 
@@ -96,3 +96,23 @@ def test_compressed_files_load_through_the_pipeline(ws: Workspace, compress) -> 
 
 def test_corrupt_compressed_data() -> None:
     assert error(gzip.compress(b"id,amount\nx,1\n")[:-8] + b"garbage!").startswith("corrupt gzip data")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"id,amount\nx,1\ny\nz,3\n", "line 3: 1 field, but the header has 2"),
+        (b"id,amount\nx,1\n\nz,3\n", "line 3: a blank line, but the header has 2"),
+        (b'id,amount\n"x,1",1\ny\n', "line 3: 1 field, but the header has 2"),  # quoted: the slow path
+        (b"pre\nid,amount\nx,1\ny\n", "line 4: 1 field, but the header has 2"),
+    ],
+    ids=["short", "blank", "short-quoted", "short-after-skip"],
+)
+def test_short_rows_and_blank_lines_name_the_line(data: bytes, message: str) -> None:
+    skip = 1 if data.startswith(b"pre") else 0
+    assert error(data, csv={"skip_rows": skip}) == message
+
+
+def test_trailing_newlines_and_single_columns_are_fine() -> None:
+    assert rows(b"id,amount\nx,1\n\n") == [("x", 1.0)]
+    assert read_file(b"id\nx\n\ny\n", config(columns=[{"source": "id"}])).rows() == [("x",), ("",), ("y",)]

@@ -21,7 +21,7 @@ from .identifiers import check_identifier
 
 COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
 CONNECTOR_TYPES = ("sqlite", "postgresql")
-FORMATS = ("csv", "tsv")
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
 ENCODINGS = ("utf8", "utf8-sig", "latin1")
 WRITE_MODES = ("append",)
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -327,9 +327,19 @@ def _record_lines(text: bytes, rows: Sequence[int], config: PipelineConfig) -> d
     return found
 
 
-def describe_problems(text: bytes, problems: Sequence[RowProblem], config: PipelineConfig) -> str:
+def _problem_lines(data: bytes, rows: Sequence[int], config: PipelineConfig) -> dict[int, int]:
+    """Where the bad rows start in the file, for the formats that have lines."""
+    if config.format == "parquet":
+        return {}
+    text = to_utf8(decompress(data), config.csv.encoding)
+    if config.format == "jsonl":
+        return _jsonl_lines(text, rows)
+    return _record_lines(text, rows, config)
+
+
+def describe_problems(data: bytes, problems: Sequence[RowProblem], config: PipelineConfig) -> str:
     """``row 2 (line 3), column 'amount': 'abc' is not a valid float`` (+ how many more)."""
-    lines = _record_lines(text, [p.row for p in problems], config)
+    lines = _problem_lines(data, [p.row for p in problems], config)
     parts = []
     for p in problems:
         line = f" (line {lines[p.row]})" if p.row in lines else ""
@@ -340,11 +350,77 @@ def describe_problems(text: bytes, problems: Sequence[RowProblem], config: Pipel
     return text
 
 
+def _jsonl_lines(text: bytes, rows: Sequence[int]) -> dict[int, int]:
+    """Line of each 0-based record of a JSON-lines text (blank lines are not records)."""
+    wanted, found, index = set(rows), {}, 0
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        if index in wanted:
+            found[index] = number
+        index += 1
+    return found
+
+
+def read_jsonl_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
+    """JSON lines, one object per line, the configured keys read as their JSON text."""
+    text = to_utf8(decompress(data), config.csv.encoding)
+    if not text.strip():
+        raise DataError("file is empty (no JSON records)")
+    schema = {column.source: pl.String for column in config.columns}
+    try:
+        return pl.read_ndjson(io.BytesIO(text), schema=schema)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
+        raise DataError(_invalid_utf8(text) or _json_problem(text) or f"cannot parse JSON lines: {exc}") from None
+
+
+def _json_problem(text: bytes) -> str | None:
+    """The first line that is not a JSON object (the slow path, for diagnosis)."""
+    import json
+
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            return f"line {number}: invalid JSON: {exc}"
+        if not isinstance(value, dict):
+            return f"line {number}: expected a JSON object, found {type(value).__name__}"
+        nested = [key for key, item in value.items() if isinstance(item, (dict, list))]
+        if nested:
+            return f"line {number}: key {nested[0]!r} holds a nested value; only scalars can be loaded"
+    return None
+
+
+def read_parquet_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
+    """A Parquet file's configured columns as text, so every format is validated alike."""
+    try:
+        frame = pl.read_parquet(io.BytesIO(data))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"not a readable Parquet file: {first}") from None
+    exprs = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone:
+            exprs.append(pl.col(name).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.f+00:00"))
+        elif dtype.is_nested():
+            exprs.append(pl.col(name))  # reported below if it is a configured column
+        else:
+            exprs.append(pl.col(name).cast(pl.String))
+    nested = [c.source for c in config.columns if c.source in frame.columns and frame.schema[c.source].is_nested()]
+    if nested:
+        raise DataError(f"column {nested[0]!r} holds nested values ({frame.schema[nested[0]]}); only scalars can be loaded")
+    return frame.select(exprs)
+
+
+_FORMAT_READERS = {"csv": read_csv_bytes, "tsv": read_csv_bytes, "jsonl": read_jsonl_bytes, "parquet": read_parquet_bytes}
+
+
 def read_file(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     """The file's rows, typed and validated as ``config`` says; ``DataError`` on any bad value."""
-    frame = read_csv_bytes(data, config)
+    frame = _FORMAT_READERS[config.format](data, config)
     typed, problems = validate(frame, config.columns)
     if problems:
-        text = to_utf8(decompress(data), config.csv.encoding)  # the error path only (the end is not needed)
-        raise DataError(describe_problems(text, problems, config))
+        raise DataError(describe_problems(data, problems, config))
     return typed

@@ -116,3 +116,39 @@ def test_short_rows_and_blank_lines_name_the_line(data: bytes, message: str) -> 
 def test_trailing_newlines_and_single_columns_are_fine() -> None:
     assert rows(b"id,amount\nx,1\n\n") == [("x", 1.0)]
     assert read_file(b"id\nx\n\ny\n", config(columns=[{"source": "id"}])).rows() == [("x",), ("",), ("y",)]
+
+
+def test_jsonl_keeps_json_text_and_names_lines() -> None:
+    data = b'{"id": "a", "amount": 1}\n\n{"id": "b", "amount": 2.5, "extra": {"x": 1}}\n'
+    assert rows(data, format="jsonl") == [("a", 1.0), ("b", 2.5)]
+    assert error(b'{"id": "a", "amount": 1}\n{"id": "b", "amount": "x"}\n', format="jsonl") == (
+        "row 2 (line 2), column 'amount': 'x' is not a valid float"
+    )
+    assert error(b'{"id": "a", "amount": 1}\n{"id": \n', format="jsonl").startswith("line 2: invalid JSON")
+    ints = [{"source": "id"}, {"source": "amount", "type": "int"}]
+    assert read_file(b'{"id": "a", "amount": 10000000000}\n', config(columns=ints, format="jsonl")).rows() == [
+        ("a", 10_000_000_000)
+    ]
+
+
+def test_parquet_round_trips_types() -> None:
+    import datetime as dt
+    import io
+
+    import polars as pl
+
+    frame = pl.DataFrame({
+        "id": ["a", "b"],
+        "amount": [1.5, None],
+        "when": [dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))] * 2,
+        "day": [dt.date(2024, 1, 2)] * 2,
+    })
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    columns = [{"source": "id"}, {"source": "amount", "type": "float"},
+               {"source": "when", "type": "datetime"}, {"source": "day", "type": "date"}]
+    got = read_file(buffer.getvalue(), config(columns=columns, format="parquet")).rows()
+    utc = dt.timezone.utc
+    assert got == [("a", 1.5, dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), dt.date(2024, 1, 2)),
+                   ("b", None, dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), dt.date(2024, 1, 2))]
+    assert error(b"PAR1 not really", format="parquet").startswith("not a readable Parquet file")

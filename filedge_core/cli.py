@@ -176,9 +176,13 @@ def list_files(audit_db_url: str, pipeline: str | None, state: str | None, as_js
 
 @main.command()
 @click.option("--config", "config_path", required=True, metavar="FILE", help="Pipeline YAML file.")
+@click.option("--dir", "directory", metavar="DIR", help="Also parse and validate every file in DIR (nothing is written).")
 @handle_errors
-def validate(config_path: str) -> None:
-    """Check a pipeline configuration file and print what it resolves to."""
+def validate(config_path: str, directory: str | None) -> None:
+    """Check a pipeline configuration; with --dir, dry-run every file through the reader.
+
+    Prints what the configuration resolves to, then one line per file: `OK <file> <rows> rows`
+    or `FAILED <file>: <reason>`. Exit 1 if any file would fail. Nothing is written anywhere."""
     from .config import load_pipeline
     from .dburl import mask
 
@@ -189,6 +193,25 @@ def validate(config_path: str) -> None:
         f"write_mode {config.write_mode}, retry_cap {config.retry_cap}, "
         f"stale_timeout_minutes {config.stale_timeout_minutes:g}"
     )
+    if directory is None:
+        return
+    from .errors import DataError
+    from .readers import read_file
+    from .scan import list_candidates
+
+    failed = 0
+    for candidate in list_candidates(directory, config.include, config.exclude):
+        try:
+            frame = read_file(candidate.path.read_bytes(), config)
+        except DataError as exc:
+            failed += 1
+            click.echo(f"FAILED {candidate.path.name}: {exc}")
+        except OSError as exc:
+            failed += 1
+            click.echo(f"FAILED {candidate.path.name}: cannot read: {exc.strerror or exc}")
+        else:
+            click.echo(f"OK {candidate.path.name} {frame.height} rows")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

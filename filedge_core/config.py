@@ -44,11 +44,28 @@ class ColumnSpec(_Model):
     dest: str = ""
     type: str = "string"
     required: bool = False
+    default: str | bool | int | float | None = None
+    format: str | None = Field(default=None, min_length=1)
 
     @field_validator("type")
     @classmethod
     def _type(cls, value: str) -> str:
         return _one_of("type", COLUMN_TYPES, value)
+
+    @field_validator("default")
+    @classmethod
+    def _default_text(cls, value: str | bool | int | float | None) -> str | None:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return None if value is None else str(value)
+
+    @model_validator(mode="after")
+    def _format_and_default_fit(self) -> "ColumnSpec":
+        if self.format is not None and self.type not in ("date", "datetime"):
+            raise ValueError(f"format applies to date and datetime columns, not {self.type}")
+        if self.default is not None and self.format is None and not _parses_as(self.type, self.default):
+            raise ValueError(f"default {self.default!r} is not a valid {self.type}")
+        return self
 
     @field_validator("dest")
     @classmethod
@@ -60,6 +77,24 @@ class ColumnSpec(_Model):
         if not self.dest:
             object.__setattr__(self, "dest", check_identifier(self.source))
         return self
+
+
+def _parses_as(kind: str, text: str) -> bool:
+    """A light check that a default value reads as its column type."""
+    import datetime as dt
+
+    readers = {
+        "int": int,
+        "float": float,
+        "bool": lambda v: {"true": 1, "1": 1, "yes": 1, "false": 0, "0": 0, "no": 0}[v.strip().lower()],
+        "date": dt.date.fromisoformat,
+        "datetime": lambda v: dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00")),
+    }
+    try:
+        readers.get(kind, str)(text)
+    except (ValueError, KeyError):
+        return False
+    return True
 
 
 class ConnectorSpec(_Model):
@@ -111,6 +146,7 @@ class PipelineConfig(_Model):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     csv: CsvOptions = Field(default_factory=CsvOptions)
+    strict_columns: bool = False
 
     @field_validator("format")
     @classmethod

@@ -96,9 +96,13 @@ def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
     if column.type == "bool":
         return stripped.str.to_lowercase().replace_strict(_BOOL_WORDS, default=None, return_dtype=pl.Boolean)
     if column.type == "date":
-        return stripped.str.to_date("%Y-%m-%d", strict=False)
+        return stripped.str.to_date(column.format or "%Y-%m-%d", strict=False)
     if column.type == "datetime":
-        return _parse_datetime(stripped)
+        if column.format is None:
+            return _parse_datetime(stripped)
+        if "%z" in column.format or "%:z" in column.format:
+            return stripped.str.to_datetime(column.format, strict=False, time_zone="UTC", time_unit="us")
+        return stripped.str.to_datetime(column.format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
     raise AssertionError(column.type)  # config validation makes this unreachable
 
 
@@ -257,14 +261,29 @@ def read_csv_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     return frame
 
 
-def validate(frame: pl.DataFrame, columns: Sequence[ColumnSpec]) -> tuple[pl.DataFrame, list[RowProblem]]:
-    """Cast the raw frame to the configured columns; return the typed frame and the bad values."""
+def validate(
+    frame: pl.DataFrame, columns: Sequence[ColumnSpec], strict: bool = False
+) -> tuple[pl.DataFrame, list[RowProblem]]:
+    """Cast the raw frame to the configured columns (empty values take their ``default``);
+    return the typed frame and the bad values. ``strict``: extra file columns are an error."""
     missing = [c.source for c in columns if c.source not in frame.columns]
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {names} (file has: {', '.join(frame.columns)})")
+    if strict:
+        extra = [name for name in frame.columns if name not in {c.source for c in columns}]
+        if extra:
+            raise DataError(f"unexpected column{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))} (strict_columns is on)")
+    defaults = [c for c in columns if c.default is not None]
+    if defaults:
+        frame = frame.with_columns(
+            pl.when(_empty(pl.col(c.source))).then(pl.lit(c.default)).otherwise(pl.col(c.source)).alias(c.source)
+            for c in defaults
+        )
     typed = frame.select(
-        datetime_series(frame[c.source]).alias(c.dest) if c.type == "datetime" else _convert(c, pl.col(c.source)).alias(c.dest)
+        datetime_series(frame[c.source]).alias(c.dest)
+        if c.type == "datetime" and c.format is None
+        else _convert(c, pl.col(c.source)).alias(c.dest)
         for c in columns
     )
     if not _may_have_problems(frame, typed, columns):
@@ -420,7 +439,7 @@ _FORMAT_READERS = {"csv": read_csv_bytes, "tsv": read_csv_bytes, "jsonl": read_j
 def read_file(data: bytes, config: PipelineConfig) -> pl.DataFrame:
     """The file's rows, typed and validated as ``config`` says; ``DataError`` on any bad value."""
     frame = _FORMAT_READERS[config.format](data, config)
-    typed, problems = validate(frame, config.columns)
+    typed, problems = validate(frame, config.columns, config.strict_columns)
     if problems:
         raise DataError(describe_problems(data, problems, config))
     return typed

@@ -127,3 +127,14 @@ def test_validate(ws: Workspace) -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("OK: pipeline 'orders'")
     ws.config_path.write_text("format: csv\n")
     assert_one_line_error(filedge("validate", "--config", str(ws.config_path)), 2, "required key is missing")
+
+
+def test_validate_dir_is_a_dry_run(ws: Workspace) -> None:
+    ws.add("good.csv", orders_csv(3))
+    ws.add("bad.csv", "order_id,amount\n1,x\n")
+    result = filedge("validate", "--config", str(ws.config_path), "--dir", str(ws.incoming))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("OK: pipeline 'orders'")
+    assert lines[1:] == ["FAILED bad.csv: row 1 (line 2), column 'amount': 'x' is not a valid float", "OK good.csv 3 rows"]
+    assert not (ws.root / "filedge.db").exists() and not ws.dest_path.exists(), "nothing was written"

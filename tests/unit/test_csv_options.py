@@ -152,3 +152,44 @@ def test_parquet_round_trips_types() -> None:
     assert got == [("a", 1.5, dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), dt.date(2024, 1, 2)),
                    ("b", None, dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=utc), dt.date(2024, 1, 2))]
     assert error(b"PAR1 not really", format="parquet").startswith("not a readable Parquet file")
+
+
+def test_defaults_fill_empty_values() -> None:
+    columns = [{"source": "id", "required": True, "default": "unknown"},
+               {"source": "amount", "type": "float", "default": 0},
+               {"source": "paid", "type": "bool", "default": False}]
+    data = b"id,amount,paid\n,,\nx,2,yes\n"
+    assert read_file(data, config(columns=columns)).rows() == [("unknown", 0.0, False), ("x", 2.0, True)]
+
+
+def test_date_and_datetime_formats() -> None:
+    import datetime as dt
+
+    columns = [{"source": "id"}, {"source": "day", "type": "date", "format": "%d/%m/%Y"},
+               {"source": "at", "type": "datetime", "format": "%d/%m/%Y %H.%M"}]
+    got = read_file(b"id,day,at\nx,31/12/2024,31/12/2024 23.59\n", config(columns=columns)).rows()
+    assert got == [("x", dt.date(2024, 12, 31), dt.datetime(2024, 12, 31, 23, 59, tzinfo=dt.timezone.utc))]
+    assert error(b"id,day,at\nx,2024-12-31,\n", columns=columns) == (
+        "row 1 (line 2), column 'day': '2024-12-31' is not a valid date"
+    )
+
+
+def test_strict_columns() -> None:
+    data = b"id,amount,note\nx,1,hello\n"
+    assert rows(data) == [("x", 1.0)]
+    assert error(data, strict_columns=True) == "unexpected column 'note' (strict_columns is on)"
+
+
+@pytest.mark.parametrize(
+    "column, message",
+    [
+        ({"source": "a", "type": "int", "default": "x"}, "default 'x' is not a valid int"),
+        ({"source": "a", "type": "int", "format": "%d"}, "format applies to date and datetime columns, not int"),
+        ({"source": "a", "type": "date", "default": "2024-13-01"}, "default '2024-13-01' is not a valid date"),
+    ],
+)
+def test_default_and_format_are_checked_with_the_config(column, message) -> None:
+    from filedge_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"columns\\[0\\]: {message}"):
+        config(columns=[column])

@@ -27,6 +27,30 @@ SQL_TYPES = {
     "datetime": "TIMESTAMP",
 }
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+# The column affinities (https://sqlite.org/datatype3.html) that keep each type's values as
+# written: a NUMERIC "string" column would turn '007' into 7.
+_ACCEPTED_AFFINITIES = {
+    "string": {"TEXT", "BLOB"},
+    "int": {"INTEGER", "NUMERIC", "BLOB"},
+    "float": {"REAL", "NUMERIC", "BLOB"},
+    "bool": {"INTEGER", "NUMERIC", "BLOB"},
+    "date": {"TEXT", "NUMERIC", "BLOB"},
+    "datetime": {"TEXT", "NUMERIC", "BLOB"},
+}
+
+
+def affinity(declared: str) -> str:
+    """SQLite's type affinity for a declared column type, by its documented rules."""
+    kind = declared.upper()
+    if "INT" in kind:
+        return "INTEGER"
+    if any(word in kind for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in kind or not kind:
+        return "BLOB"
+    if any(word in kind for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
 
 
 def _to_sqlite(frame: pl.DataFrame, file_hash: str) -> pl.DataFrame:
@@ -105,23 +129,31 @@ class SqliteConnector:
                 conn.execute("ROLLBACK")
                 raise
 
-    def _existing_columns(self, conn: sqlite3.Connection) -> set[str] | None:
+    def _existing_columns(self, conn: sqlite3.Connection) -> dict[str, str] | None:
+        """Column name (lower case) -> declared type; None if there is no such table."""
         *schema, name = self.config.dest_table.split(".")
         prefix = f"{quote(schema[0])}." if schema else ""
         pragma = f"PRAGMA {prefix}table_info({quote(name)})"
         rows = conn.execute(pragma).fetchall()
-        return {row[1].lower() for row in rows} if rows else None
+        return {row[1].lower(): row[2] or "" for row in rows} if rows else None
 
-    def _check_fits(self, existing: set[str]) -> None:
+    def _check_fits(self, existing: dict[str, str]) -> None:
         if HASH_COLUMN.lower() not in existing:
             raise ConfigError(
                 f"dest_table: table {self.config.dest_table!r} already exists and has no {HASH_COLUMN} column "
                 "(it was not created by filedge); choose another dest_table"
             )
         for column in self.config.columns:
-            if column.dest.lower() not in existing:
+            declared = existing.get(column.dest.lower())
+            if declared is None:
                 raise ConfigError(
                     f"columns: table {self.config.dest_table!r} already exists without column {column.dest!r}"
+                )
+            if affinity(declared) not in _ACCEPTED_AFFINITIES[column.type]:
+                raise ConfigError(
+                    f"columns: column {column.dest!r} of table {self.config.dest_table!r} is "
+                    f"{declared or 'untyped'} ({affinity(declared)} affinity), which cannot hold type "
+                    f"{column.type!r} as written (expected {SQL_TYPES[column.type]})"
                 )
 
     def _check_owner(self, conn: sqlite3.Connection) -> None:

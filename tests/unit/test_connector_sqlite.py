@@ -117,3 +117,19 @@ def test_failure_mid_write_rolls_back_everything(tmp_path: Path) -> None:
         connector.write(FileWrite("orders", H, 2, frame([1, 2, 3])))
     assert [r[0] for r in table(tmp_path)] == [1, 2], "the delete and partial insert were rolled back"
     assert table(tmp_path, "SELECT claim_token FROM _filedge_loads") == [(1,)]
+
+
+def test_existing_column_of_the_wrong_type_is_a_config_error(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "dest.db") as conn:
+        conn.execute('CREATE TABLE orders (id INTEGER, "when" TIMESTAMP, day DATE, ok BOOLEAN, '
+                     '"select" NUMERIC, _filedge_file_hash TEXT)')
+    with pytest.raises(ConfigError, match="column 'select' of table 'orders' is NUMERIC .NUMERIC affinity., "
+                                          "which cannot hold type 'string' as written .expected TEXT."):
+        make(tmp_path)
+
+
+def test_existing_compatible_table_is_used(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "dest.db") as conn:
+        conn.execute('CREATE TABLE orders (id BIGINT, "when" TEXT, day VARCHAR(10), ok INT, "select" CLOB, '
+                     "_filedge_file_hash TEXT, extra TEXT)")
+    assert make(tmp_path).write(FileWrite("orders", H, 1, frame([1]))) == 1

@@ -19,7 +19,7 @@ from .dburl import resolve_sqlite_path
 from .errors import ConfigError
 from .identifiers import check_identifier
 
-COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
+COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime", "decimal")
 CONNECTOR_TYPES = ("sqlite", "postgresql")
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 ENCODINGS = ("utf8", "utf8-sig", "latin1")
@@ -46,6 +46,8 @@ class ColumnSpec(_Model):
     required: bool = False
     default: str | bool | int | float | None = None
     format: str | None = Field(default=None, min_length=1)
+    precision: int | None = Field(default=None, ge=1, le=38)
+    scale: int | None = Field(default=None, ge=0, le=38)
 
     @field_validator("type")
     @classmethod
@@ -58,6 +60,17 @@ class ColumnSpec(_Model):
         if isinstance(value, bool):
             return "true" if value else "false"
         return None if value is None else str(value)
+
+    @model_validator(mode="after")
+    def _decimal_shape(self) -> "ColumnSpec":
+        if self.type == "decimal":
+            if self.precision is None or self.scale is None:
+                raise ValueError("a decimal column needs precision and scale (e.g. precision: 12, scale: 2)")
+            if self.scale > self.precision:
+                raise ValueError(f"scale {self.scale} is larger than precision {self.precision}")
+        elif self.precision is not None or self.scale is not None:
+            raise ValueError(f"precision and scale apply to decimal columns, not {self.type}")
+        return self
 
     @model_validator(mode="after")
     def _format_and_default_fit(self) -> "ColumnSpec":
@@ -82,17 +95,19 @@ class ColumnSpec(_Model):
 def _parses_as(kind: str, text: str) -> bool:
     """A light check that a default value reads as its column type."""
     import datetime as dt
+    import decimal
 
     readers = {
         "int": int,
         "float": float,
         "bool": lambda v: {"true": 1, "1": 1, "yes": 1, "false": 0, "0": 0, "no": 0}[v.strip().lower()],
         "date": dt.date.fromisoformat,
+        "decimal": lambda v: decimal.Decimal(v.strip()) if decimal.Decimal(v.strip()).is_finite() else int(""),
         "datetime": lambda v: dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00")),
     }
     try:
         readers.get(kind, str)(text)
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, ArithmeticError):
         return False
     return True
 

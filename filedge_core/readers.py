@@ -95,6 +95,12 @@ def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
         return stripped.cast(pl.Float64, strict=False)
     if column.type == "bool":
         return stripped.str.to_lowercase().replace_strict(_BOOL_WORDS, default=None, return_dtype=pl.Boolean)
+    if column.type == "decimal":
+        assert column.precision is not None and column.scale is not None
+        # polars would cut extra fraction digits off silently: such values are rejected instead.
+        digits = stripped.str.extract(r"\.(\d+)", 1).str.len_chars()
+        value = stripped.cast(pl.Decimal(column.precision, column.scale), strict=False)
+        return pl.when(digits > column.scale).then(None).otherwise(value)
     if column.type == "date":
         return stripped.str.to_date(column.format or "%Y-%m-%d", strict=False)
     if column.type == "datetime":

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..config import PipelineConfig
+from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
 from ..faults import checkpoint
@@ -48,6 +48,7 @@ ACCEPTED_TYPES = {
     "bool": {"boolean"},
     "date": {"date", "timestamp with time zone", "timestamp without time zone"},
     "datetime": {"timestamp with time zone", "timestamp without time zone"},
+    "decimal": {"numeric"},
 }
 _DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S%.f%:z"
 # PostgreSQL's binary dates and timestamps count from 2000-01-01 (days; microseconds, UTC).
@@ -58,6 +59,13 @@ _PG_EPOCH_MICROS = _PG_EPOCH_DAYS * 86_400_000_000
 _PG_DATE_RANGE = (-2_440_588, 2_145_042_906)
 _PG_MIN_MICROS = -211_813_488_000_000_000 + _PG_EPOCH_MICROS
 _CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
+
+
+def sql_type(column: ColumnSpec) -> str:
+    """The PostgreSQL type filedge creates for a configured column."""
+    if column.type == "decimal":
+        return f"NUMERIC({column.precision}, {column.scale})"
+    return SQL_TYPES[column.type]
 
 
 def conninfo(url: str) -> str:
@@ -269,7 +277,7 @@ class PostgresConnector:
             existing = self._columns(self.name)
             if existing is None:
                 defs = [
-                    sql.SQL("{} {}").format(sql.Identifier(c.dest), sql.SQL(SQL_TYPES[c.type]))
+                    sql.SQL("{} {}").format(sql.Identifier(c.dest), sql.SQL(sql_type(c)))
                     for c in self.config.columns
                 ]
                 defs.append(sql.SQL('{} TEXT COLLATE "C" NOT NULL').format(sql.Identifier(HASH_COLUMN)))
@@ -330,7 +338,7 @@ class PostgresConnector:
             if kind not in ACCEPTED_TYPES[spec.type]:
                 raise ConfigError(
                     f"columns: column {spec.dest!r} of table {table!r} is {kind}, "
-                    f"which cannot hold type {spec.type!r} (expected {SQL_TYPES[spec.type]})"
+                    f"which cannot hold type {spec.type!r} (expected {sql_type(spec)})"
                 )
 
     def _check_owner(self) -> None:

@@ -25,6 +25,8 @@ SQL_TYPES = {
     # ISO-8601 text never looks numeric, so these affinities keep it as written.
     "date": "DATE",
     "datetime": "TIMESTAMP",
+    # Exact text: any numeric affinity would turn 12.30 into the REAL 12.3.
+    "decimal": "TEXT",
 }
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 # The column affinities (https://sqlite.org/datatype3.html) that keep each type's values as
@@ -36,6 +38,7 @@ _ACCEPTED_AFFINITIES = {
     "bool": {"INTEGER", "NUMERIC", "BLOB"},
     "date": {"TEXT", "NUMERIC", "BLOB"},
     "datetime": {"TEXT", "NUMERIC", "BLOB"},
+    "decimal": {"TEXT", "BLOB"},
 }
 
 
@@ -61,6 +64,8 @@ def _to_sqlite(frame: pl.DataFrame, file_hash: str) -> pl.DataFrame:
             exprs.append(pl.col(name).dt.strftime("%Y-%m-%d"))
         elif isinstance(dtype, pl.Datetime):
             exprs.append(pl.col(name).dt.strftime("%Y-%m-%d %H:%M:%S%.6f"))
+        elif isinstance(dtype, pl.Decimal):
+            exprs.append(pl.col(name).cast(pl.String))
         else:
             exprs.append(pl.col(name))
     return frame.select(*exprs, pl.lit(file_hash).alias(HASH_COLUMN))

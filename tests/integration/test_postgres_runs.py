@@ -193,3 +193,16 @@ def test_destination_lost_mid_write_costs_no_data(ws: Workspace, pg_database: st
     assert again.returncode == 0, again.stderr
     assert "Retried: 1" in again.stdout
     assert ws.rows_per_hash()[first] == 1000
+
+
+def test_decimal_into_numeric(ws: Workspace) -> None:
+    from decimal import Decimal
+
+    ws.configure(dest_table="sales.orders",
+                 columns=[{"source": "order_id"}, {"source": "amount", "type": "decimal", "precision": 12, "scale": 2}])
+    ws.add("a.csv", "order_id,amount\n1,12.3\n2,0.10\n")
+    result = ws.run()
+    assert result.returncode == 0, result.stderr
+    assert ws.query("SELECT order_id, amount FROM sales.orders ORDER BY 1") == [("1", Decimal("12.30")), ("2", Decimal("0.10"))]
+    assert ws.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = 'sales.orders'::regclass AND attname = 'amount'") == [("numeric(12,2)",)]

@@ -193,3 +193,34 @@ def test_default_and_format_are_checked_with_the_config(column, message) -> None
 
     with pytest.raises(ConfigError, match=f"columns\\[0\\]: {message}"):
         config(columns=[column])
+
+
+def test_decimal_is_exact_and_never_rounded(ws: Workspace) -> None:
+    from decimal import Decimal
+
+    columns = [{"source": "id"}, {"source": "amount", "type": "decimal", "precision": 8, "scale": 2}]
+    assert read_file(b"id,amount\nx,12.3\ny,-0.05\nz,7\n", config(columns=columns)).rows() == [
+        ("x", Decimal("12.30")), ("y", Decimal("-0.05")), ("z", Decimal("7.00"))]
+    assert error(b"id,amount\nx,1.234\n", columns=columns) == "row 1 (line 2), column 'amount': '1.234' is not a valid decimal"
+    assert error(b"id,amount\nx,1234567.5\n", columns=columns).endswith("'1234567.5' is not a valid decimal")
+    # Stored exactly in SQLite (as text; a numeric affinity would make 12.30 the REAL 12.3).
+    ws.configure(columns=[{"source": "order_id"}, {"source": "amount", "type": "decimal", "precision": 12, "scale": 2}])
+    ws.add("a.csv", "order_id,amount\n1,12.3\n2,0.10\n")
+    assert run_pipeline(ws.config(), ws.incoming, ws.audit()).committed == 1
+    assert [r[:2] for r in ws.dest_rows()] == [("1", "12.30"), ("2", "0.10")]
+
+
+@pytest.mark.parametrize(
+    "column, message",
+    [
+        ({"source": "a", "type": "decimal"}, "a decimal column needs precision and scale"),
+        ({"source": "a", "type": "decimal", "precision": 2, "scale": 3}, "scale 3 is larger than precision 2"),
+        ({"source": "a", "type": "int", "scale": 3}, "precision and scale apply to decimal columns, not int"),
+        ({"source": "a", "type": "decimal", "precision": 5, "scale": 2, "default": "x"}, "default 'x' is not a valid decimal"),
+    ],
+)
+def test_decimal_config_errors(column, message) -> None:
+    from filedge_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"columns\\[0\\]: {message}"):
+        config(columns=[column])

@@ -136,10 +136,14 @@ def test_missing_directory_is_a_config_error(ws: Workspace) -> None:
 def test_requeued_data_error_loads_after_fix(ws: Workspace) -> None:
     ws.add("a.csv", "order_id,amount\n1,x\n")
     run(ws)
-    ws.configure(columns=[{"source": "order_id"}, {"source": "amount", "type": "string"}])
+    # The fix: amount is text after all. The existing REAL column cannot hold that as written,
+    # so the pipeline (same name) now loads into a new table.
+    ws.configure(name="orders", dest_table="orders_text",
+                 columns=[{"source": "order_id"}, {"source": "amount", "type": "string"}])
     audit = ws.audit()
     assert audit.requeue(None) == 1
     assert run(ws).line() == "Committed: 1 Failed: 0 Skipped: 0 New: 0 Reclaimed: 0 Retried: 0"
+    assert ws.dest_rows("orders_text")[0][:2] == ("1", "x")
 
 
 def test_stat_cache_skips_rehashing_unchanged_files(ws: Workspace, monkeypatch) -> None:

@@ -92,7 +92,9 @@ def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
     if column.type == "int":
         return stripped.cast(pl.Int64, strict=False)
     if column.type == "float":
-        return stripped.cast(pl.Float64, strict=False)
+        # NaN and infinities are not numbers a table can compare or sum: "not a valid float".
+        value = stripped.cast(pl.Float64, strict=False)
+        return pl.when(value.is_nan() | value.is_infinite()).then(None).otherwise(value)
     if column.type == "bool":
         return stripped.str.to_lowercase().replace_strict(_BOOL_WORDS, default=None, return_dtype=pl.Boolean)
     if column.type == "decimal":
@@ -131,10 +133,18 @@ def decompress(data: bytes) -> bytes:
     if data.startswith(_ZSTD_MAGIC):
         import zstandard
 
+        # Every frame (concatenated .zst files are one stream); a truncated frame is an error.
+        parts, rest = [], data
         try:
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            while rest:
+                frame = zstandard.ZstdDecompressor().decompressobj()
+                parts.append(frame.decompress(rest))
+                if not frame.eof:
+                    raise DataError("truncated zstd data (the last frame does not end)")
+                rest = frame.unused_data
         except zstandard.ZstdError as exc:
             raise DataError(f"corrupt zstd data: {exc}") from None
+        return b"".join(parts)
     return data
 
 
@@ -211,12 +221,17 @@ def _check_field_counts(text: bytes, frame: pl.DataFrame, config: PipelineConfig
     (polars already refuses long ones), at the cost of one byte count. With quotes, a delimiter
     may sit inside a field, so the records are checked one by one."""
     width = frame.width
-    if width <= 1:
-        return
     quote = config.csv.quote_char
     body = text
     for _ in range(config.csv.skip_rows):
         body = body[body.find(b"\n") + 1 :] if b"\n" in body else b""
+    if width <= 1:
+        # One column: no delimiters to count, but a blank line is still not a record.
+        if b"\n\n" in body or b"\n\r\n" in body or body.startswith((b"\n", b"\r\n")):
+            problem = _structure_problem(text, config, 1)
+            if problem:
+                raise DataError(problem)
+        return
     if quote is None or quote.encode() not in body:
         records = frame.height + (1 if config.csv.has_header else 0)
         if body.count(config.delimiter.encode()) == records * (width - 1):

@@ -115,7 +115,7 @@ def test_short_rows_and_blank_lines_name_the_line(data: bytes, message: str) -> 
 
 def test_trailing_newlines_and_single_columns_are_fine() -> None:
     assert rows(b"id,amount\nx,1\n\n") == [("x", 1.0)]
-    assert read_file(b"id\nx\n\ny\n", config(columns=[{"source": "id"}])).rows() == [("x",), ("",), ("y",)]
+    assert read_file(b"id\nx\ny\n\n", config(columns=[{"source": "id"}])).rows() == [("x",), ("y",)]
 
 
 def test_jsonl_keeps_json_text_and_names_lines() -> None:
@@ -224,3 +224,22 @@ def test_decimal_config_errors(column, message) -> None:
 
     with pytest.raises(ConfigError, match=f"columns\\[0\\]: {message}"):
         config(columns=[column])
+
+
+def test_zstd_reads_every_frame_and_refuses_truncation() -> None:
+    compressor = zstandard.ZstdCompressor()
+    two_frames = compressor.compress(b"id,amount\nx,1\n") + compressor.compress(b"y,2\n")
+    assert rows(two_frames) == [("x", 1.0), ("y", 2.0)]
+    whole = compressor.compress(b"id,amount\n" + b"".join(b"r%d,%d.25\n" % (i, i) for i in range(50_000)))
+    assert error(whole[: len(whole) // 2]).startswith("truncated zstd data")
+
+
+def test_nan_and_infinity_are_not_valid_floats() -> None:
+    assert error(b"id,amount\nx,NaN\n") == "row 1 (line 2), column 'amount': 'NaN' is not a valid float"
+    assert error(b"id,amount\nx,-inf\n") == "row 1 (line 2), column 'amount': '-inf' is not a valid float"
+
+
+def test_blank_line_in_a_single_column_file() -> None:
+    single = [{"source": "id"}]
+    with pytest.raises(DataError, match="line 3: a blank line, but the header has 1"):
+        read_file(b"id\na\n\nb\n", config(columns=single))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -137,10 +137,12 @@ class AuditRow:
 
 @dataclass(frozen=True)
 class Reclaimed:
-    """What reclaiming stale leases did: back to PENDING, or FAILED as lost."""
+    """What reclaiming stale leases did: back to PENDING, or FAILED as lost; and PENDING files
+    whose attempts already reach retry_cap (e.g. after retry_cap was lowered), now FAILED."""
 
     pending: int
     lost: list[str]
+    exhausted: list[str] = field(default_factory=list)
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -319,8 +321,33 @@ class AuditStore:
             conn.execute(stmt, params)
 
     def reclaim_stale(self, pipeline: str, stale_seconds: float, retry_cap: int) -> Reclaimed:
-        """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used."""
-        return self._reclaim(pipeline, self._stale(stale_seconds), retry_cap)
+        """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used.
+        PENDING files that can never be claimed again (attempts >= retry_cap) become FAILED too,
+        so that they show, and `requeue` can reset them."""
+        reclaimed = self._reclaim(pipeline, self._stale(stale_seconds), retry_cap)
+        exhausted = self._execute(
+            sa.update(audit_table)
+            .where(_t.pipeline == pipeline, _t.state == FileState.PENDING.value, _t.attempts >= retry_cap)
+            .values(
+                state=FileState.FAILED.value,
+                error_kind=ErrorKind.TRANSIENT.value,
+                last_error=sa.func.coalesce(_t.last_error + sa.literal("; "), sa.literal(""))
+                + sa.literal(f"retry_cap ({retry_cap}) reached"),
+                updated_at=self._now,
+            )
+            .returning(_t.file_hash)
+        )
+        return Reclaimed(reclaimed.pending, reclaimed.lost, [row[0] for row in exhausted])
+
+    def relocate(self, pipeline: str, file_hash: str, old_path: str, new_path: str) -> bool:
+        """Record where a file's bytes are now, when the path first seen no longer holds them."""
+        stmt = (
+            sa.update(audit_table)
+            .where(_t.pipeline == pipeline, _t.file_hash == file_hash, _t.path == old_path)
+            .values(path=new_path, updated_at=self._now)
+            .returning(_t.file_hash)
+        )
+        return len(self._execute(stmt)) == 1
 
     def reclaim_worker(self, pipeline: str, worker_prefix: str, retry_cap: int) -> Reclaimed:
         """Leases of workers known dead (``claimed_by`` starting with ``worker_prefix``), whatever
@@ -373,7 +400,12 @@ class AuditStore:
         )
         rows = self._execute(stmt)
         if not rows:
-            return None
+            # A retried statement may have claimed the file the first time (its answer lost with
+            # the connection): the lease is then ours, not another worker's.
+            row = self.get(pipeline, file_hash)
+            if row is None or row.state != FileState.PROCESSING.value or row.claimed_by != worker:
+                return None
+            return Claim(pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path)
         token, attempts, previous, path = rows[0]
         return Claim(pipeline, file_hash, int(token), int(attempts), previous, path)
 

@@ -245,9 +245,12 @@ def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: A
 
     reclaimed = audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
     summary.reclaimed = reclaimed.pending
+    failed_now = set(reclaimed.lost) | set(reclaimed.exhausted)
     for file_hash in reclaimed.lost:
-        summary.failed += 1
         summary.warnings.append(f"{file_hash[:12]}: FAILED: its worker was lost {config.retry_cap} times")
+    for file_hash in reclaimed.exhausted:
+        summary.warnings.append(f"{file_hash[:12]}: FAILED: retry_cap ({config.retry_cap}) reached")
+    summary.failed += len(failed_now)
 
     by_hash: dict[str, list[ScannedFile]] = {}
     for item in scanned:
@@ -259,8 +262,13 @@ def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: A
     todo = []
     for file_hash, items in by_hash.items():
         row = known.get(file_hash)
-        if row is not None and row.claimable(config.retry_cap):
-            todo.append(WorkItem(file_hash, str(items[0].candidate.path)))
+        path = str(items[0].candidate.path)
+        if file_hash in failed_now:
+            summary.skipped += len(items) - 1  # counted as failed above
+        elif row is not None and row.claimable(config.retry_cap):
+            if row.path != path and not os.path.exists(row.path):
+                audit.relocate(config.name, file_hash, row.path, path)  # moved or renamed
+            todo.append(WorkItem(file_hash, path))
             summary.skipped += len(items) - 1  # the same bytes under other names
         else:
             summary.skipped += len(items)

@@ -138,6 +138,6 @@ def test_file_that_kills_its_worker_ends_failed(ws: Workspace) -> None:
         ws.age_leases()
     final = ws.run(env={"FILEDGE_TEST_CRASH_AT": "after_claim"})
     assert final.returncode == 1
-    assert final.stdout.strip() == "Committed: 0 Failed: 1 Skipped: 1 New: 0 Reclaimed: 0 Retried: 0"
+    assert final.stdout.strip() == "Committed: 0 Failed: 1 Skipped: 0 New: 0 Reclaimed: 0 Retried: 0"
     row = ws.audit().rows()[0]
     assert (row.state, row.attempts, row.last_error) == ("FAILED", 2, "worker lost 2 times")

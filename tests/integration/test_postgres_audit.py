@@ -31,3 +31,25 @@ def test_postgres_url_forms(pg_database: str) -> None:
         store.ensure_schema()
         assert store.counts()["PENDING"] == 0
         store.dispose()
+
+
+def _ensure(url: str, out: "multiprocessing.Queue[str]") -> None:
+    try:
+        AuditStore(url).ensure_schema()
+        out.put("ok")
+    except Exception as exc:  # reported to the test
+        out.put(repr(exc))
+
+
+def test_workers_creating_the_schema_at_once(pg_database: str) -> None:
+    """Six processes starting on an empty database all get the tables (no catalog race)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_ensure, args=(pg_database, out)) for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=60)
+    assert [out.get(timeout=5) for _ in procs] == ["ok"] * 6

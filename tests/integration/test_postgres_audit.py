@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_postgres_url_forms(pg_database: str) -> None:
         store.dispose()
 
 
-def _ensure(url: str, out: "multiprocessing.Queue[str]") -> None:
+def _ensure(url: str, out: Any) -> None:
     try:
         AuditStore(url).ensure_schema()
         out.put("ok")

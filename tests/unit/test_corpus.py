@@ -1,0 +1,47 @@
+"""The corpus of real-world files in tests/data/corpus: each case directory holds one file, its
+`case.yaml` (pipeline keys: columns, format, csv options) and either `expected.json` (the rows,
+as JSON values) or `expected_error.txt` (the data error, exactly)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from filedge_core.config import parse_pipeline
+from filedge_core.errors import DataError
+from filedge_core.readers import read_file
+from tests.support import ROOT
+
+CORPUS = ROOT / "tests" / "data" / "corpus"
+CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
+
+
+def test_corpus_is_there() -> None:
+    assert len(CASES) >= 20
+
+
+def _plain(value: object) -> object:
+    return float(value) if isinstance(value, Decimal) else value
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_case(name: str) -> None:
+    case = CORPUS / name
+    spec = yaml.safe_load((case / "case.yaml").read_text(encoding="utf-8"))
+    config = parse_pipeline(
+        {"dest_table": "t", "connector": {"type": "sqlite", "url": "sqlite:///unused.db"}, **spec}, "case.yaml", case
+    )
+    (data_file,) = [p for p in case.iterdir() if p.name not in ("case.yaml", "expected.json", "expected_error.txt")]
+    data = data_file.read_bytes()
+    error_file = case / "expected_error.txt"
+    if error_file.exists():
+        with pytest.raises(DataError) as info:
+            read_file(data, config)
+        assert str(info.value) == error_file.read_text(encoding="utf-8").strip()
+    else:
+        rows = [[_plain(v) for v in row] for row in read_file(data, config).rows()]
+        assert rows == json.loads((case / "expected.json").read_text(encoding="utf-8"))

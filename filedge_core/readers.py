@@ -222,19 +222,20 @@ def _check_field_counts(text: bytes, frame: pl.DataFrame, config: PipelineConfig
     may sit inside a field, so the records are checked one by one."""
     width = frame.width
     quote = config.csv.quote_char
-    body = text
+    start = 0  # where the body begins, after the skipped lines (offsets: the text is not copied)
     for _ in range(config.csv.skip_rows):
-        body = body[body.find(b"\n") + 1 :] if b"\n" in body else b""
+        start = text.find(b"\n", start) + 1 or len(text)
     if width <= 1:
         # One column: no delimiters to count, but a blank line is still not a record.
-        if b"\n\n" in body or b"\n\r\n" in body or body.startswith((b"\n", b"\r\n")):
+        blank = text.find(b"\n\n", start) >= 0 or text.find(b"\n\r\n", start) >= 0
+        if blank or text.startswith((b"\n", b"\r\n"), start):
             problem = _structure_problem(text, config, 1)
             if problem:
                 raise DataError(problem)
         return
-    if quote is None or quote.encode() not in body:
+    if quote is None or text.find(quote.encode(), start) < 0:
         records = frame.height + (1 if config.csv.has_header else 0)
-        if body.count(config.delimiter.encode()) == records * (width - 1):
+        if text.count(config.delimiter.encode(), start) == records * (width - 1):
             return
     problem = _structure_problem(text, config, width)
     if problem:

@@ -225,16 +225,18 @@ class AuditStore:
                 ) from None
             raise
 
-    def _execute(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
-        """Run one statement in its own transaction; its rows (every DML statement RETURNs the
-        rows it changed: driver row counts are not reliable across dialects)."""
+    def _execute(self, stmt: sa.Executable, params: list[dict[str, Any]] | None = None) -> list[sa.Row[Any]]:
+        """Run one statement (once per parameter set, if given) in its own transaction; the rows
+        it returns. Every DML statement RETURNs the rows it changed: driver row counts are not
+        reliable across dialects."""
         with self._errors():
-            return self._execute_retrying(stmt)
+            return self._execute_retrying(stmt, params)
 
     @_retry
-    def _execute_retrying(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
+    def _execute_retrying(self, stmt: sa.Executable, params: list[dict[str, Any]] | None) -> list[sa.Row[Any]]:
         with self.engine.begin() as conn:
-            return list(conn.execute(stmt).all())
+            result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
+            return list(result.all()) if result.returns_rows else []
 
     def ensure_schema(self) -> None:
         """Create the audit table and its indexes if they do not exist."""
@@ -290,13 +292,7 @@ class AuditStore:
             .returning(_t.file_hash)
         )
         params = [{"pipeline": pipeline, "file_hash": h, "path": p, "size": n} for h, p, n in files]
-        with self._errors():
-            return {row[0] for row in self._execute_many(stmt, params)}
-
-    @_retry
-    def _execute_many(self, stmt: sa.Executable, params: list[dict[str, Any]]) -> list[sa.Row[Any]]:
-        with self.engine.begin() as conn:
-            return list(conn.execute(stmt, params).all())
+        return {row[0] for row in self._execute(stmt, params)}
 
     def cached_hashes(self, pipeline: str) -> dict[str, tuple[tuple[int, int, int, int], str]]:
         """The stat cache of a pipeline: path -> ((size, mtime_ns, ctime_ns, inode), hash)."""
@@ -319,13 +315,7 @@ class AuditStore:
              "inode": fp[3], "file_hash": file_hash}
             for path, fp, file_hash in entries
         ]
-        with self._errors():
-            self._execute_many_plain(stmt, params)
-
-    @_retry
-    def _execute_many_plain(self, stmt: sa.Executable, params: list[dict[str, Any]]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(stmt, params)
+        self._execute(stmt, params)
 
     def reclaim_stale(self, pipeline: str, stale_seconds: float, retry_cap: int) -> Reclaimed:
         """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used.

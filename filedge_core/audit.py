@@ -99,6 +99,7 @@ class Claim:
     attempts: int
     previous_state: str
     path: str
+    registered_at: str = ""  # when the file was first seen (UTC, ISO 8601)
 
     @property
     def short_hash(self) -> str:
@@ -144,6 +145,11 @@ class Reclaimed:
     pending: int
     lost: list[str]
     exhausted: list[str] = field(default_factory=list)
+
+
+def _iso(value: datetime | None) -> str:
+    """A UTC timestamp as fixed-width text, so that texts sort like the times."""
+    return "" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -393,7 +399,7 @@ class AuditStore:
                 config_hash=config_hash,
                 updated_at=self._now,
             )
-            .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path)
+            .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path, _t.created_at)
         )
         rows = self._execute(stmt)
         if not rows:
@@ -402,9 +408,11 @@ class AuditStore:
             row = self.get(pipeline, file_hash)
             if row is None or row.state != FileState.PROCESSING.value or row.claimed_by != worker:
                 return None
-            return Claim(pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path)
-        token, attempts, previous, path = rows[0]
-        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path)
+            return Claim(
+                pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path, _iso(row.created_at)
+            )
+        token, attempts, previous, path, created = rows[0]
+        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path, _iso(parse_timestamp(created)))
 
     def _holding(self, claim: Claim) -> sa.ColumnElement[bool]:
         return sa.and_(

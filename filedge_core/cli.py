@@ -195,22 +195,24 @@ def validate(config_path: str, directory: str | None) -> None:
     )
     if directory is None:
         return
-    from .errors import DataError
-    from .readers import read_file
+    from .batches import FileBatches
+    from .errors import FiledgeError
     from .scan import list_candidates
+    from .source import open_snapshot
 
     failed = 0
     for candidate in list_candidates(directory, config.include, config.exclude):
         try:
-            frame = read_file(candidate.path.read_bytes(), config)
-        except DataError as exc:
+            with open_snapshot(candidate.path, None) as snapshot:
+                batches = FileBatches(snapshot, config)
+                for _ in batches:
+                    pass
+        except FiledgeError as exc:
             failed += 1
             click.echo(f"FAILED {candidate.path.name}: {exc}")
-        except OSError as exc:
-            failed += 1
-            click.echo(f"FAILED {candidate.path.name}: cannot read: {exc.strerror or exc}")
         else:
-            click.echo(f"OK {candidate.path.name} {frame.height} rows")
+            rejected = f", {batches.rows_rejected} rejected" if batches.rows_rejected else ""
+            click.echo(f"OK {candidate.path.name} {batches.rows_written} rows{rejected}")
     sys.exit(1 if failed else 0)
 
 

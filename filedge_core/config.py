@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .dburl import resolve_sqlite_path
 from .errors import ConfigError
@@ -23,7 +23,8 @@ COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime", "decimal")
 CONNECTOR_TYPES = ("sqlite", "postgresql")
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 ENCODINGS = ("utf8", "utf8-sig", "latin1")
-WRITE_MODES = ("append",)
+WRITE_MODES = ("append", "upsert", "replace")
+ON_ERROR = ("fail", "quarantine")
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -162,6 +163,68 @@ class PipelineConfig(_Model):
     exclude: list[str] = Field(default_factory=list)
     csv: CsvOptions = Field(default_factory=CsvOptions)
     strict_columns: bool = False
+    key: list[str] = Field(default_factory=list)
+    on_error: str = "fail"
+    max_rejected: int | str | None = None
+    batch_bytes: ByteSize = Field(default=ByteSize(16 * 1024 * 1024), ge=1)
+
+    @field_validator("on_error")
+    @classmethod
+    def _on_error(cls, value: str) -> str:
+        return _one_of("on_error", ON_ERROR, value)
+
+    @field_validator("max_rejected")
+    @classmethod
+    def _max_rejected(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, bool):
+            raise ValueError("expected a count (e.g. 100) or a percentage (e.g. '5%')")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"{value} is negative")
+            return value
+        if value is None:
+            return None
+        text = value.strip()
+        number = text[:-1].strip() if text.endswith("%") else None
+        try:
+            percent = float(number) if number is not None else None
+        except ValueError:
+            percent = None
+        if percent is None or not 0 <= percent <= 100:
+            raise ValueError(f"{value!r}: expected a count (e.g. 100) or a percentage from 0% to 100% (e.g. '5%')")
+        return f"{percent:g}%"
+
+    @model_validator(mode="after")
+    def _mode_keys(self) -> "PipelineConfig":
+        if self.max_rejected is not None and self.on_error != "quarantine":
+            raise ValueError("max_rejected applies with on_error: quarantine")
+        if self.on_error == "quarantine":
+            try:
+                check_identifier(self.rejected_table, qualified=True)
+            except ValueError:
+                raise ValueError(
+                    f"dest_table {self.dest_table!r} is too long for its quarantine table {self.rejected_table!r}"
+                ) from None
+        if self.write_mode != "upsert":
+            if self.key:
+                raise ValueError(f"key applies to write_mode: upsert, not {self.write_mode}")
+            return self
+        if not self.key:
+            raise ValueError("write_mode upsert needs key: the columns that identify a row (e.g. key: [order_id])")
+        by_name = {c.dest.lower(): c for c in self.columns} | {c.source.lower(): c for c in self.columns}
+        dests: list[str] = []
+        for name in self.key:
+            column = by_name.get(name.lower())
+            if column is None:
+                raise ValueError(f"key column {name!r} is not one of the configured columns")
+            if column.dest in dests:
+                raise ValueError(f"key column {name!r} appears twice")
+            dests.append(column.dest)
+        # A row without its key could not be merged: key columns are required.
+        columns = [c.model_copy(update={"required": True}) if c.dest in dests else c for c in self.columns]
+        object.__setattr__(self, "key", dests)
+        object.__setattr__(self, "columns", columns)
+        return self
 
     @field_validator("format")
     @classmethod
@@ -208,6 +271,19 @@ class PipelineConfig(_Model):
     def delimiter(self) -> str:
         """The field delimiter: ``csv.delimiter``, else a tab for tsv and a comma for csv."""
         return self.csv.delimiter or ("\t" if self.format == "tsv" else ",")
+
+    @property
+    def max_rejected_count(self) -> int | None:
+        return self.max_rejected if isinstance(self.max_rejected, int) else None
+
+    @property
+    def max_rejected_percent(self) -> float | None:
+        return float(self.max_rejected[:-1]) if isinstance(self.max_rejected, str) else None
+
+    @property
+    def rejected_table(self) -> str:
+        """Where quarantined rows go: ``<dest_table>_rejected`` (in the same schema)."""
+        return f"{self.dest_table}_rejected"
 
     @property
     def stale_timeout_seconds(self) -> float:

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import readers
 from .audit import AuditStore, Claim, ErrorKind, FileState
+from .batches import FileBatches
 from .config import PipelineConfig
 from .connectors import Connector, FileWrite, open_connector
-from .errors import FiledgeError, FileChanged, FileOutcome, LeaseLost, TransientError
+from .errors import FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
-from .scan import Candidate, hash_bytes, hash_file, list_candidates
+from .scan import Candidate, hash_file, list_candidates
+from .source import open_snapshot
 
 # A file changed within this window could change again without its mtime or ctime moving
 # (coarse file-system clocks): it is hashed on every scan until it has settled.
@@ -39,7 +40,8 @@ class FileResult:
 
     ``outcome``: ``committed`` (by this call), ``already_committed`` (nothing to do), ``failed``,
     ``released`` (the file changed while read), ``fenced`` (another worker's newer claim won),
-    ``busy`` (another worker holds a live lease). ``retryable``: a later attempt may succeed."""
+    ``busy`` (another worker holds a live lease). ``retryable``: a later attempt may succeed.
+    ``note``: what else the user should know (e.g. a snapshot superseded by a newer one)."""
 
     file_hash: str
     path: str
@@ -49,6 +51,8 @@ class FileResult:
     attempts: int = 0
     duration_s: float = 0.0
     retryable: bool = False
+    rows_rejected: int = 0
+    note: str | None = None
 
     @property
     def committed(self) -> bool:
@@ -83,6 +87,8 @@ class RunSummary:
         self.results.append(result)
         if result.outcome == "committed":
             self.committed += 1
+            if result.note:
+                self.warnings.append(f"{result.path}: {result.note}")
         elif result.outcome == "fenced":
             self.skipped += 1  # another worker owns the file now
             self.warnings.append(f"{result.path}: {result.error}")
@@ -124,40 +130,46 @@ def heartbeat_interval(config: PipelineConfig) -> float:
     return max(0.05, min(config.stale_timeout_seconds / 4.0, 60.0))
 
 
-def _read_snapshot(path: str, claim: Claim) -> bytes:
-    """The file's bytes, which must be exactly the bytes that were hashed."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileChanged(f"{path}: file disappeared before it was read") from None
-    except IsADirectoryError:
-        raise FileChanged(f"{path}: is now a directory") from None
-    except OSError as exc:
-        raise TransientError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if hash_bytes(data) != claim.file_hash:
-        raise FileChanged(f"{path}: file changed while being read (content hash differs)")
-    return data
+def snapshot_key(claim: Claim) -> str:
+    """The order of snapshots for ``write_mode: replace``: first seen, then by path."""
+    return f"{claim.registered_at}|{claim.path}"
 
 
 def process_claim(
     claim: Claim, path: str, config: PipelineConfig, audit: AuditStore, connector: Connector
 ) -> FileResult:
-    """Load one claimed file and settle its audit row. Never raises for the file's own problems."""
+    """Load one claimed file and settle its audit row. Never raises for the file's own problems.
+
+    The file is read in batches inside the destination transaction (``FileBatches``): the
+    bytes are hashed as they are parsed, and the transaction cannot commit unless they are
+    the claimed bytes."""
     started = time.monotonic()
     with Heartbeat(audit, claim, heartbeat_interval(config)) as heartbeat:
+
+        def still_ours() -> None:  # no need to write what the ledger would refuse
+            if heartbeat.lost:
+                raise LeaseLost("lease lost while the file was read; another worker owns it now")
+
         try:
             checkpoint("after_claim")
-            data = _read_snapshot(path, claim)
-            frame = readers.read_file(data, config)
-            if heartbeat.lost:  # no need to write what the ledger would refuse
-                raise LeaseLost("lease lost while the file was read; another worker owns it now")
-            rows = connector.write(FileWrite(claim.pipeline, claim.file_hash, claim.token, frame))
+            with open_snapshot(path, claim.file_hash) as snapshot:
+                batches = FileBatches(snapshot, config, check=still_ours)
+                written = connector.write(
+                    FileWrite(claim.pipeline, claim.file_hash, claim.token, batches, snapshot_key(claim))
+                )
             checkpoint("after_dest_commit")
-            if not audit.commit(claim, rows):
+            rejected = 0 if written.superseded_by else batches.rows_rejected
+            if not audit.commit(claim, written.rows_written, rejected):
                 raise LeaseLost("lease lost after the destination write; the newer claim will rewrite the file")
             checkpoint("after_audit_commit")
+            note = None
+            if written.superseded_by:
+                note = f"not loaded: a newer snapshot ({written.superseded_by[:12]}) is in {config.dest_table} already"
+            elif rejected:
+                note = f"{rejected} row(s) quarantined in {config.rejected_table}"
             return FileResult(
-                claim.file_hash, path, "committed", rows, None, claim.attempts, time.monotonic() - started
+                claim.file_hash, path, "committed", written.rows_written, None, claim.attempts,
+                time.monotonic() - started, rows_rejected=rejected, note=note,
             )
         except FiledgeError as exc:
             error = exc

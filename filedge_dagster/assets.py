@@ -25,11 +25,12 @@ def _metadata(result: FileResult, entry: PipelineEntry) -> dict[str, Any]:
     return {
         "path": dg.MetadataValue.path(result.path) if result.path else "",
         "rows_written": result.rows_written,
-        "rows_rejected": 0,
+        "rows_rejected": result.rows_rejected,
         "dest_table": entry.config.dest_table,
         "attempts": result.attempts,
         "duration_s": round(result.duration_s, 3),
         "outcome": result.outcome,
+        **({"note": result.note} if result.note else {}),
     }
 
 

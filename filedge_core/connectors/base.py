@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import polars as pl
 
+from ..batches import Batch, no_rejects
 from ..errors import ConfigError
 
 LEDGER_TABLE = "_filedge_loads"
 HASH_COLUMN = "_filedge_file_hash"
+# The quarantine table's columns after the file hash (``<dest_table>_rejected``).
+REJECT_COLUMNS = ("row_number", "line_number", "column_name", "raw_value", "reason")
 
 
 def shared_table_error(dest_table: str, other_pipeline: str) -> ConfigError:
@@ -23,12 +27,31 @@ def shared_table_error(dest_table: str, other_pipeline: str) -> ConfigError:
 
 @dataclass(frozen=True)
 class FileWrite:
-    """One file's rows and the lease they are written under."""
+    """One file's rows and the lease they are written under.
+
+    ``rows``: a typed frame, or the file's batches (read lazily, inside the transaction).
+    ``snapshot_key``: for ``write_mode: replace``, orders the snapshots; a file whose key is
+    older than the last replacing file's is superseded and writes nothing."""
 
     pipeline: str
     file_hash: str
     token: int
-    frame: pl.DataFrame
+    rows: pl.DataFrame | Iterable[Batch]
+    snapshot_key: str = ""
+
+    def batches(self) -> Iterator[Batch]:
+        if isinstance(self.rows, pl.DataFrame):
+            return iter([Batch(self.rows, no_rejects())])
+        return iter(self.rows)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: rows of the file now in the table; or, for a snapshot older than the
+    one already loaded (``replace``), nothing, and which file superseded it."""
+
+    rows_written: int
+    superseded_by: str | None = None
 
 
 class Connector(Protocol):
@@ -39,8 +62,9 @@ class Connector(Protocol):
     def prepare(self) -> None:
         """Connect; create the table and the ledger if missing; check an existing table fits."""
 
-    def write(self, request: FileWrite) -> int:
-        """In one transaction: fence with the token, delete the file's rows, insert them; rows written."""
+    def write(self, request: FileWrite) -> WriteResult:
+        """In one transaction: fence with the token, replace the file's rows as the write mode
+        says, with its rejects; what was written."""
 
     def close(self) -> None:
         """Release the connection."""

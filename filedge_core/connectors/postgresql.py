@@ -19,7 +19,7 @@ from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
 from ..faults import checkpoint
-from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite, shared_table_error
+from .base import HASH_COLUMN, LEDGER_TABLE, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
 
 TOKEN_COLUMN = "_filedge_claim_token"
 DEFAULT_SCHEMA = "public"
@@ -145,6 +145,8 @@ def binary_plan(frame: pl.DataFrame, table_types: dict[str, str]) -> tuple[list[
             pair = ("bool", column)
         elif kind == "date" and dtype == pl.Date:
             pair = ("int4", column.cast(pl.Int32) - _PG_EPOCH_DAYS)
+        elif kind == "numeric" and isinstance(dtype, pl.Decimal):
+            pair = ("numeric", column)
         elif kind == "timestamp with time zone" and isinstance(dtype, pl.Datetime):
             # epoch() counts from 1970-01-01 UTC; a naive datetime is taken as UTC.
             pair = ("int8", column.dt.epoch("us") - _PG_EPOCH_MICROS)
@@ -167,6 +169,14 @@ def _within_postgres_range(frame: pl.DataFrame) -> bool:
     return not checks or not any(frame.select(checks).row(0))
 
 
+class _Superseded(Exception):
+    """A newer snapshot is loaded already (``replace``): this write rolls back, writing nothing."""
+
+    def __init__(self, file_hash: str) -> None:
+        super().__init__(file_hash)
+        self.file_hash = file_hash
+
+
 class PostgresConnector:
     """Writes one file per transaction into a PostgreSQL table with ``COPY``."""
 
@@ -181,6 +191,7 @@ class PostgresConnector:
         self.ledger = sql.Identifier(self.schema, LEDGER_TABLE)
         self._conn: psycopg.Connection | None = None
         self._table_types: dict[str, str] | None = None  # the table's column types, once known
+        self._checkpoint_due = False
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -266,13 +277,18 @@ class PostgresConnector:
                     sql.SQL(
                         "CREATE TABLE IF NOT EXISTS {} (pipeline TEXT NOT NULL, file_hash TEXT NOT NULL, "
                         "dest_table TEXT NOT NULL, claim_token BIGINT NOT NULL, row_count BIGINT NOT NULL, "
-                        "loaded_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, file_hash))"
+                        "loaded_at TIMESTAMPTZ NOT NULL DEFAULT now(), snapshot_key TEXT, "
+                        "PRIMARY KEY (pipeline, file_hash))"
                     ).format(self.ledger)
                 )
                 conn.execute(
                     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (dest_table, pipeline)").format(
                         sql.Identifier(f"ix_{LEDGER_TABLE}_dest_table"), self.ledger
                     )
+                )
+            if "snapshot_key" not in (self._columns(LEDGER_TABLE) or {}):  # from before write_mode: replace
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS snapshot_key TEXT").format(self.ledger)
                 )
             existing = self._columns(self.name)
             if existing is None:
@@ -300,7 +316,63 @@ class PostgresConnector:
                         sql.Identifier(TOKEN_COLUMN),
                     )
                 )
+            if self.config.write_mode == "upsert":
+                self._ensure_key_index()
+            if self.config.on_error == "quarantine":
+                self._ensure_rejected_table()
             self._check_owner()
+
+    def _ensure_key_index(self) -> None:
+        """``upsert`` merges on a unique index over exactly the key columns; made if missing."""
+        assert self._conn is not None
+        regclass = self.table.as_string(self._conn)
+        found = self._conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL "
+            "AND i.indexprs IS NULL GROUP BY i.indexrelid",
+            (regclass,),
+        ).fetchall()
+        if any(sorted(row[0]) == sorted(self.config.key) for row in found):
+            return
+        index = f"ux_{self.name}_key"[:63]
+        try:
+            with self._conn.transaction():
+                self._conn.execute(
+                    sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
+                        sql.Identifier(index), self.table, sql.SQL(", ").join(map(sql.Identifier, self.config.key))
+                    )
+                )
+        except psycopg.errors.UniqueViolation:
+            raise ConfigError(
+                f"key: table {self.config.dest_table!r} already holds rows with the same "
+                f"({', '.join(self.config.key)}), so it cannot be upserted on that key"
+            ) from None
+
+    def _ensure_rejected_table(self) -> None:
+        assert self._conn is not None
+        name = self.config.rejected_table.rpartition(".")[2]
+        existing = self._columns(name)
+        table = sql.Identifier(self.schema, name)
+        if existing is None:
+            self._conn.execute(
+                sql.SQL(
+                    'CREATE TABLE {} ({} TEXT COLLATE "C" NOT NULL, row_number BIGINT, line_number BIGINT, '
+                    "column_name TEXT, raw_value TEXT, reason TEXT NOT NULL, {} BIGINT NOT NULL)"
+                ).format(table, sql.Identifier(HASH_COLUMN), sql.Identifier(TOKEN_COLUMN))
+            )
+            self._conn.execute(
+                sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                    sql.Identifier(f"ix_{name}{HASH_COLUMN}"[:63]), table, sql.Identifier(HASH_COLUMN)
+                )
+            )
+            return
+        for column in (HASH_COLUMN, TOKEN_COLUMN, *REJECT_COLUMNS):
+            if column not in existing:
+                raise ConfigError(
+                    f"on_error: table {self.config.rejected_table!r} already exists without column "
+                    f"{column!r}; it cannot hold quarantined rows"
+                )
 
     def _exists(self, name: str) -> bool:
         """Whether the relation (table or index) ``schema.name`` exists."""
@@ -354,10 +426,10 @@ class PostgresConnector:
 
     # -- the write ------------------------------------------------------------------------
 
-    def write(self, request: FileWrite) -> int:
-        """Write one file's rows in one READ COMMITTED transaction; rows written.
+    def write(self, request: FileWrite) -> WriteResult:
+        """Write one file's rows in one READ COMMITTED transaction, as the write mode says.
 
-        The steps, in this order:
+        The steps, in this order (``append``; the other modes below):
 
         a. read the ledger row without locking it: a token older than the stored one is
            refused (``LeaseLost``) before any row is sent;
@@ -383,93 +455,208 @@ class PostgresConnector:
 
         A write repeated under the same token (the ledger already holds it) also removes the
         rows the earlier write committed under that token: those are the ones not inserted by
-        this transaction."""
+        this transaction.
+
+        ``upsert`` copies into a private staging table in (b), and in (d) merges it on the key
+        (``INSERT ... ON CONFLICT``), the file's last row per key winning. ``replace`` takes a
+        per-table advisory lock after (b), refuses (writes nothing) if a newer snapshot is
+        loaded, and in (d) deletes every row this transaction did not insert. Quarantined rows
+        are copied in (b) like the others, and the file's earlier rejects deleted in (d)."""
         conn = self._connection()
-        frame = request.frame
         key = (request.pipeline, request.file_hash)
-        with self._errors(), conn.transaction():
-            cur = conn.cursor()
-            # (a) early, non-locking check
-            found = cur.execute(
-                sql.SQL("SELECT claim_token FROM {} WHERE pipeline = %s AND file_hash = %s").format(
-                    self.ledger
-                ),
-                key,
-            ).fetchone()
-            if found and found[0] > request.token:
-                raise self._refused(request.token, found[0])
-            rewrite = found is not None and found[0] == request.token
-            # (b) all rows, tagged
-            self._copy(cur, request)
-            # (c) the guard
-            guard = cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} AS l (pipeline, file_hash, dest_table, claim_token, row_count, loaded_at)"
-                    " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (pipeline, file_hash) DO UPDATE SET "
-                    "claim_token = excluded.claim_token, row_count = excluded.row_count, "
-                    "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at "
-                    "WHERE l.claim_token <= excluded.claim_token RETURNING 1"
-                ).format(self.ledger),
-                (*key, self.config.dest_table, request.token, frame.height),
-            ).fetchone()
-            if guard is None:
-                stored = cur.execute(
+        mode = self.config.write_mode
+        self._checkpoint_due = True
+        try:
+            with self._errors(), conn.transaction():
+                cur = conn.cursor()
+                # (a) early, non-locking check
+                found = cur.execute(
                     sql.SQL("SELECT claim_token FROM {} WHERE pipeline = %s AND file_hash = %s").format(
                         self.ledger
                     ),
                     key,
                 ).fetchone()
-                raise self._refused(request.token, stored[0] if stored else None)
-            # (d) every other writer's rows of this file (two ranges, so the index skips ours)
-            hash_is = sql.SQL("{} = %s").format(sql.Identifier(HASH_COLUMN))
-            token = sql.Identifier(TOKEN_COLUMN)
-            cur.execute(
-                sql.SQL("DELETE FROM {} WHERE {} AND ({} < %s OR {} > %s)").format(
-                    self.table, hash_is, token, token
-                ),
-                (request.file_hash, request.token, request.token),
-            )
-            if rewrite:
-                cur.execute(
+                if found and found[0] > request.token:
+                    raise self._refused(request.token, found[0])
+                rewrite = found is not None and found[0] == request.token
+                if mode == "replace":
+                    self._check_snapshot(cur, request)  # early: an old snapshot is not even read
+                # (b) all rows, tagged (upsert: into a private staging table first)
+                target = self._stage(cur) if mode == "upsert" else self.table
+                rows = 0
+                for batch in request.batches():
+                    self._copy(cur, target, batch.frame, request)
+                    rows += batch.frame.height
+                    if batch.rejects.height:
+                        self._copy_rejects(cur, batch.rejects, request)
+                if mode == "replace":
+                    # One replacing writer at a time per table; its snapshot must still be the newest.
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"filedge:{self.config.dest_table}",))
+                    self._check_snapshot(cur, request)
+                # (c) the guard
+                guard = cur.execute(
                     sql.SQL(
-                        "DELETE FROM {} WHERE {} AND {} = %s AND NOT (xmin = pg_current_xact_id()::xid)"
-                    ).format(self.table, hash_is, token),
-                    (request.file_hash, request.token),
-                )
-        # (e) committed by leaving the transaction block
-        return frame.height
+                        "INSERT INTO {} AS l (pipeline, file_hash, dest_table, claim_token, row_count, loaded_at,"
+                        " snapshot_key) VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (pipeline, file_hash) "
+                        "DO UPDATE SET claim_token = excluded.claim_token, row_count = excluded.row_count, "
+                        "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at, "
+                        "snapshot_key = excluded.snapshot_key "
+                        "WHERE l.claim_token <= excluded.claim_token RETURNING 1"
+                    ).format(self.ledger),
+                    (*key, self.config.dest_table, request.token, rows, request.snapshot_key or None),
+                ).fetchone()
+                if guard is None:
+                    stored = cur.execute(
+                        sql.SQL("SELECT claim_token FROM {} WHERE pipeline = %s AND file_hash = %s").format(
+                            self.ledger
+                        ),
+                        key,
+                    ).fetchone()
+                    raise self._refused(request.token, stored[0] if stored else None)
+                # (d) what the mode replaces
+                if mode == "append":
+                    self._delete_other_writes(cur, request, rewrite)
+                elif mode == "replace":
+                    cur.execute(
+                        sql.SQL("DELETE FROM {} WHERE NOT (xmin = pg_current_xact_id()::xid)").format(self.table)
+                    )
+                    cur.execute(
+                        sql.SQL(
+                            "UPDATE {} SET row_count = 0 WHERE pipeline = %s AND dest_table = %s "
+                            "AND file_hash <> %s AND row_count <> 0"
+                        ).format(self.ledger),
+                        (request.pipeline, self.config.dest_table, request.file_hash),
+                    )
+                else:
+                    rows = self._merge(cur, target)
+                    cur.execute(
+                        sql.SQL("UPDATE {} SET row_count = %s WHERE pipeline = %s AND file_hash = %s").format(
+                            self.ledger
+                        ),
+                        (rows, *key),
+                    )
+                if self.config.on_error == "quarantine":
+                    cur.execute(
+                        sql.SQL("DELETE FROM {} WHERE {} = %s AND NOT (xmin = pg_current_xact_id()::xid)").format(
+                            self._rejected, sql.Identifier(HASH_COLUMN)
+                        ),
+                        (request.file_hash,),
+                    )
+            # (e) committed by leaving the transaction block
+        except _Superseded as newer:
+            return WriteResult(0, newer.file_hash)
+        return WriteResult(rows)
 
-    def _copy(self, cur: psycopg.Cursor, request: FileWrite) -> None:
-        """COPY the file's rows, each with its hash and token: binary when the types allow, else CSV.
+    @property
+    def _rejected(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.config.rejected_table.rpartition(".")[2])
+
+    def _delete_other_writes(self, cur: psycopg.Cursor, request: FileWrite, rewrite: bool) -> None:
+        """Every other writer's rows of this file (two ranges, so the index skips ours)."""
+        hash_is = sql.SQL("{} = %s").format(sql.Identifier(HASH_COLUMN))
+        token = sql.Identifier(TOKEN_COLUMN)
+        cur.execute(
+            sql.SQL("DELETE FROM {} WHERE {} AND ({} < %s OR {} > %s)").format(self.table, hash_is, token, token),
+            (request.file_hash, request.token, request.token),
+        )
+        if rewrite:
+            cur.execute(
+                sql.SQL(
+                    "DELETE FROM {} WHERE {} AND {} = %s AND NOT (xmin = pg_current_xact_id()::xid)"
+                ).format(self.table, hash_is, token),
+                (request.file_hash, request.token),
+            )
+
+    def _check_snapshot(self, cur: psycopg.Cursor, request: FileWrite) -> None:
+        """``replace``: raise ``_Superseded`` if a newer snapshot has been loaded already."""
+        found = cur.execute(
+            sql.SQL(
+                "SELECT file_hash FROM {} WHERE pipeline = %s AND dest_table = %s AND file_hash <> %s "
+                "AND snapshot_key > %s ORDER BY snapshot_key DESC LIMIT 1"
+            ).format(self.ledger),
+            (request.pipeline, self.config.dest_table, request.file_hash, request.snapshot_key),
+        ).fetchone()
+        if found is not None:
+            raise _Superseded(str(found[0]))
+
+    def _stage(self, cur: psycopg.Cursor) -> sql.Composable:
+        """A private table for an upsert's rows, in file order; dropped at commit."""
+        stage = sql.Identifier("_filedge_stage")
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(stage))
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                stage,
+                sql.SQL(", ").join(
+                    sql.Identifier(n) for n in [*(c.dest for c in self.config.columns), HASH_COLUMN, TOKEN_COLUMN]
+                ),
+                self.table,
+            )
+        )
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _filedge_seq BIGINT GENERATED ALWAYS AS IDENTITY").format(stage))
+        return stage
+
+    def _merge(self, cur: psycopg.Cursor, stage: sql.Composable) -> int:
+        """Merge the staged rows on the key, the last row of the file winning per key; rows merged."""
+        names = [*(c.dest for c in self.config.columns), HASH_COLUMN, TOKEN_COLUMN]
+        keys = sql.SQL(", ").join(map(sql.Identifier, self.config.key))
+        columns = sql.SQL(", ").join(map(sql.Identifier, names))
+        updates = sql.SQL(", ").join(
+            sql.SQL("{} = excluded.{}").format(sql.Identifier(n), sql.Identifier(n))
+            for n in names
+            if n not in self.config.key
+        )
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT DISTINCT ON ({}) {} FROM {} ORDER BY {}, _filedge_seq DESC "
+                "ON CONFLICT ({}) DO UPDATE SET {}"
+            ).format(self.table, columns, keys, columns, stage, keys, keys, updates)
+        )
+        return cur.rowcount
+
+    def _copy(self, cur: psycopg.Cursor, table: sql.Composable, frame: pl.DataFrame, request: FileWrite) -> None:
+        """COPY one batch of rows, each with its hash and token: binary when the types allow, else CSV.
 
         Binary is the faster of the two (see bench/bench_pg_copy.py): the server decodes it with
         less work than CSV, and does so while this process builds the next rows."""
-        frame = request.frame
+        if not frame.height:
+            return
         if self._table_types is None:
             self._table_types = self._columns(self.name)  # None again if the table is gone
         plan = binary_plan(frame, self._table_types or {})
         names = sql.SQL(", ").join(sql.Identifier(n) for n in [*frame.columns, HASH_COLUMN, TOKEN_COLUMN])
         if plan is None:
-            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(self.table, names)
+            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, names)
             with cur.copy(statement) as stream:
-                for i, chunk in enumerate(
-                    csv_chunks(frame, request.file_hash, request.token, COPY_CHUNK_ROWS)
-                ):
+                for chunk in csv_chunks(frame, request.file_hash, request.token, COPY_CHUNK_ROWS):
                     stream.write(chunk)
-                    if i == 0:
-                        checkpoint("mid_insert")
+                    self._mid_insert()
             return
         types, exprs = plan
-        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(self.table, names)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table, names)
         with cur.copy(statement) as stream:
             stream.set_types([*types, "text", "int8"])
             write_row = stream.write_row
-            for i, piece in enumerate(frame.iter_slices(COPY_CHUNK_ROWS)):
+            for piece in frame.iter_slices(COPY_CHUNK_ROWS):
                 columns = [series.to_list() for series in piece.select(exprs).iter_columns()]
                 for row in zip(*columns, repeat(request.file_hash), repeat(request.token)):
                     write_row(row)
-                if i == 0:
-                    checkpoint("mid_insert")
+                self._mid_insert()
+
+    def _mid_insert(self) -> None:
+        if self._checkpoint_due:  # once per write: the crash tests stop it part-way
+            self._checkpoint_due = False
+            checkpoint("mid_insert")
+
+    def _copy_rejects(self, cur: psycopg.Cursor, rejects: pl.DataFrame, request: FileWrite) -> None:
+        names = [HASH_COLUMN, *REJECT_COLUMNS, TOKEN_COLUMN]
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+            self._rejected, sql.SQL(", ").join(map(sql.Identifier, names))
+        )
+        frame = rejects.select(
+            pl.lit(request.file_hash).alias(HASH_COLUMN), *REJECT_COLUMNS, pl.lit(request.token, pl.Int64).alias(TOKEN_COLUMN)
+        )
+        with cur.copy(statement) as stream:
+            stream.write(frame.write_csv(include_header=False).encode())
 
     def _refused(self, token: int, stored: int | None) -> LeaseLost:
         older_than = stored if stored is not None else "the stored one"

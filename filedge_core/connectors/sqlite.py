@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from ..dburl import mask, sqlite_path
 from ..errors import ConfigError, DatabaseUnavailable, LeaseLost, TransientError
 from ..faults import checkpoint
 from ..identifiers import quote
-from .base import HASH_COLUMN, LEDGER_TABLE, FileWrite, shared_table_error
+from .base import HASH_COLUMN, LEDGER_TABLE, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
 
 BATCH_ROWS = 50_000
 SQL_TYPES = {
@@ -114,8 +115,11 @@ class SqliteConnector:
                     f"CREATE TABLE IF NOT EXISTS {quote(LEDGER_TABLE)} ("
                     "pipeline TEXT NOT NULL, file_hash TEXT NOT NULL, dest_table TEXT NOT NULL, "
                     "claim_token INTEGER NOT NULL, row_count INTEGER NOT NULL, loaded_at TEXT NOT NULL, "
-                    "PRIMARY KEY (pipeline, file_hash))"
+                    "snapshot_key TEXT, PRIMARY KEY (pipeline, file_hash))"
                 )
+                ledger_columns = self._existing_columns(conn, LEDGER_TABLE) or {}
+                if "snapshot_key" not in ledger_columns:  # a ledger from before write_mode: replace
+                    conn.execute(f"ALTER TABLE {quote(LEDGER_TABLE)} ADD COLUMN snapshot_key TEXT")
                 existing = self._existing_columns(conn)
                 if existing is None:
                     defs = ", ".join(f"{quote(c.dest)} {SQL_TYPES[c.type]}" for c in columns)
@@ -128,19 +132,66 @@ class SqliteConnector:
                     f"CREATE INDEX IF NOT EXISTS {prefix}{quote(f'ix_{name}{HASH_COLUMN}')} "
                     f"ON {quote(name)} ({quote(HASH_COLUMN)})"
                 )
+                if self.config.write_mode == "upsert":
+                    self._ensure_key_index(conn)
+                if self.config.on_error == "quarantine":
+                    self._ensure_rejected_table(conn)
                 self._check_owner(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
 
-    def _existing_columns(self, conn: sqlite3.Connection) -> dict[str, str] | None:
+    def _split(self, table: str | None = None) -> tuple[str, str]:
+        """(quoted schema prefix or "", bare name) of ``table`` (default: the destination)."""
+        *schema, name = (table or self.config.dest_table).split(".")
+        return (f"{quote(schema[0])}." if schema else ""), name
+
+    def _existing_columns(self, conn: sqlite3.Connection, table: str | None = None) -> dict[str, str] | None:
         """Column name (lower case) -> declared type; None if there is no such table."""
-        *schema, name = self.config.dest_table.split(".")
-        prefix = f"{quote(schema[0])}." if schema else ""
-        pragma = f"PRAGMA {prefix}table_info({quote(name)})"
-        rows = conn.execute(pragma).fetchall()
+        prefix, name = self._split(table)
+        rows = conn.execute(f"PRAGMA {prefix}table_info({quote(name)})").fetchall()
         return {row[1].lower(): row[2] or "" for row in rows} if rows else None
+
+    def _ensure_key_index(self, conn: sqlite3.Connection) -> None:
+        """``upsert`` merges on a unique index over exactly the key columns; made if missing."""
+        prefix, name = self._split()
+        wanted = [k.lower() for k in self.config.key]
+        for index in conn.execute(f"PRAGMA {prefix}index_list({quote(name)})").fetchall():
+            if not index[2] or index[4] != 0:  # not unique, or partial
+                continue
+            columns = [r[2].lower() for r in conn.execute(f"PRAGMA {prefix}index_info({quote(index[1])})")]
+            if sorted(columns) == sorted(wanted):
+                return
+        index_name = f"ux_{name}_key"[:63]
+        keys = ", ".join(quote(k) for k in self.config.key)
+        try:
+            conn.execute(f"CREATE UNIQUE INDEX {prefix}{quote(index_name)} ON {quote(name)} ({keys})")
+        except sqlite3.IntegrityError:
+            raise ConfigError(
+                f"key: table {self.config.dest_table!r} already holds rows with the same "
+                f"({', '.join(self.config.key)}), so it cannot be upserted on that key"
+            ) from None
+
+    def _ensure_rejected_table(self, conn: sqlite3.Connection) -> None:
+        table = self.config.rejected_table
+        existing = self._existing_columns(conn, table)
+        if existing is None:
+            conn.execute(
+                f"CREATE TABLE {quote(table)} ({quote(HASH_COLUMN)} TEXT NOT NULL, row_number INTEGER, "
+                "line_number INTEGER, column_name TEXT, raw_value TEXT, reason TEXT NOT NULL)"
+            )
+            prefix, name = self._split(table)
+            conn.execute(
+                f"CREATE INDEX {prefix}{quote(f'ix_{name}{HASH_COLUMN}'[:63])} ON {quote(name)} ({quote(HASH_COLUMN)})"
+            )
+            return
+        for column in (HASH_COLUMN, *REJECT_COLUMNS):
+            if column.lower() not in existing:
+                raise ConfigError(
+                    f"on_error: table {table!r} already exists without column {column!r}; "
+                    "it cannot hold quarantined rows"
+                )
 
     def _check_fits(self, existing: dict[str, str]) -> None:
         if HASH_COLUMN.lower() not in existing:
@@ -169,43 +220,114 @@ class SqliteConnector:
         if row:
             raise shared_table_error(self.config.dest_table, row[0])
 
-    def write(self, request: FileWrite) -> int:
+    def write(self, request: FileWrite) -> WriteResult:
+        """One ``BEGIN IMMEDIATE`` transaction: refuse a stale token, then write as the mode says.
+
+        The first batch is read before the write lock is taken, so a file that fits in one
+        batch (most files) is read, hashed and validated without holding it."""
         conn = self._connection()
-        ledger = quote(LEDGER_TABLE)
-        names = [*request.frame.columns, HASH_COLUMN]
-        insert = (
-            f"INSERT INTO {self.table} ({', '.join(quote(n) for n in names)}) "
-            f"VALUES ({', '.join('?' for _ in names)})"
-        )
-        rows = _to_sqlite(request.frame, request.file_hash)
+        mode = self.config.write_mode
+        batches = request.batches()
+        first = next(batches, None)
         with self._errors():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                found = conn.execute(
-                    f"SELECT claim_token FROM {ledger} WHERE pipeline = ? AND file_hash = ?",
-                    (request.pipeline, request.file_hash),
-                ).fetchone()
-                if found and found[0] > request.token:
+                stored = self._stored_token(conn, request)
+                if stored is not None and stored > request.token:
                     raise LeaseLost(
-                        f"write refused: claim token {request.token} is older than {found[0]} in {LEDGER_TABLE}"
+                        f"write refused: claim token {request.token} is older than {stored} in {LEDGER_TABLE}"
                     )
-                conn.execute(
-                    f"INSERT INTO {ledger} (pipeline, file_hash, dest_table, claim_token, row_count, loaded_at) "
-                    f"VALUES (?, ?, ?, ?, ?, {_NOW}) ON CONFLICT (pipeline, file_hash) DO UPDATE SET "
-                    "claim_token = excluded.claim_token, row_count = excluded.row_count, "
-                    "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at",
-                    (request.pipeline, request.file_hash, self.config.dest_table, request.token, rows.height),
-                )
-                conn.execute(f"DELETE FROM {self.table} WHERE {quote(HASH_COLUMN)} = ?", (request.file_hash,))
-                for batch in rows.iter_slices(BATCH_ROWS):
-                    conn.executemany(insert, batch.iter_rows())
-                    checkpoint("mid_insert")
+                if mode == "replace":
+                    newer = self._newer_snapshot(conn, request)
+                    if newer is not None:
+                        conn.execute("ROLLBACK")
+                        return WriteResult(0, newer)
+                    conn.execute(f"DELETE FROM {self.table}")
+                elif mode == "append":
+                    conn.execute(f"DELETE FROM {self.table} WHERE {quote(HASH_COLUMN)} = ?", (request.file_hash,))
+                if self.config.on_error == "quarantine":
+                    conn.execute(
+                        f"DELETE FROM {quote(self.config.rejected_table)} WHERE {quote(HASH_COLUMN)} = ?",
+                        (request.file_hash,),
+                    )
+                rows = 0
+                for batch in itertools.chain([first] if first is not None else [], batches):
+                    rows += self._insert(conn, batch.frame, request.file_hash)
+                    if batch.rejects.height:
+                        self._insert_rejects(conn, batch.rejects, request.file_hash)
+                if mode == "upsert":
+                    rows = conn.execute(
+                        f"SELECT count(*) FROM {self.table} WHERE {quote(HASH_COLUMN)} = ?", (request.file_hash,)
+                    ).fetchone()[0]
+                self._record(conn, request, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        return WriteResult(rows)
+
+    def _stored_token(self, conn: sqlite3.Connection, request: FileWrite) -> int | None:
+        found = conn.execute(
+            f"SELECT claim_token FROM {quote(LEDGER_TABLE)} WHERE pipeline = ? AND file_hash = ?",
+            (request.pipeline, request.file_hash),
+        ).fetchone()
+        return None if found is None else int(found[0])
+
+    def _newer_snapshot(self, conn: sqlite3.Connection, request: FileWrite) -> str | None:
+        """The hash of a snapshot loaded after this one would be (replace mode), if any."""
+        found = conn.execute(
+            f"SELECT file_hash FROM {quote(LEDGER_TABLE)} WHERE pipeline = ? AND dest_table = ? "
+            "AND file_hash <> ? AND snapshot_key > ? ORDER BY snapshot_key DESC LIMIT 1",
+            (request.pipeline, self.config.dest_table, request.file_hash, request.snapshot_key),
+        ).fetchone()
+        return None if found is None else str(found[0])
+
+    def _insert(self, conn: sqlite3.Connection, frame: pl.DataFrame, file_hash: str) -> int:
+        """Insert (or, for upsert, merge) one batch; the number of rows sent."""
+        if not frame.height:
+            return 0
+        names = [*frame.columns, HASH_COLUMN]
+        statement = (
+            f"INSERT INTO {self.table} ({', '.join(quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})"
+        )
+        if self.config.write_mode == "upsert":
+            keys = ", ".join(quote(k) for k in self.config.key)
+            updates = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in names if n not in self.config.key)
+            statement += f" ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+        rows = _to_sqlite(frame, file_hash)
+        for piece in rows.iter_slices(BATCH_ROWS):
+            conn.executemany(statement, piece.iter_rows())
+            checkpoint("mid_insert")
         return rows.height
+
+    def _insert_rejects(self, conn: sqlite3.Connection, rejects: pl.DataFrame, file_hash: str) -> None:
+        names = [HASH_COLUMN, *REJECT_COLUMNS]
+        conn.executemany(
+            f"INSERT INTO {quote(self.config.rejected_table)} ({', '.join(quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})",
+            rejects.select(pl.lit(file_hash).alias(HASH_COLUMN), *REJECT_COLUMNS).iter_rows(),
+        )
+
+    def _record(self, conn: sqlite3.Connection, request: FileWrite, rows: int) -> None:
+        """The ledger row: this file, this token, its row count (and snapshot order)."""
+        conn.execute(
+            f"INSERT INTO {quote(LEDGER_TABLE)} (pipeline, file_hash, dest_table, claim_token, row_count, "
+            f"loaded_at, snapshot_key) VALUES (?, ?, ?, ?, ?, {_NOW}, ?) ON CONFLICT (pipeline, file_hash) "
+            "DO UPDATE SET claim_token = excluded.claim_token, row_count = excluded.row_count, "
+            "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at, snapshot_key = excluded.snapshot_key",
+            (
+                request.pipeline, request.file_hash, self.config.dest_table, request.token, rows,
+                request.snapshot_key or None,
+            ),
+        )
+        if self.config.write_mode == "replace":  # the other files' rows are gone from the table
+            conn.execute(
+                f"UPDATE {quote(LEDGER_TABLE)} SET row_count = 0 WHERE pipeline = ? AND dest_table = ? "
+                "AND file_hash <> ? AND row_count <> 0",
+                (request.pipeline, self.config.dest_table, request.file_hash),
+            )
 
     def close(self) -> None:
         if self._conn is not None:

@@ -28,7 +28,7 @@ from filedge_core.connectors import FileWrite, open_connector
 from filedge_core.connectors import postgresql as pgc
 from filedge_core.connectors.postgresql import PostgresConnector, conninfo
 from filedge_core.errors import ConfigError, DatabaseUnavailable, DataError, LeaseLost, TransientError
-from filedge_core.readers import read_file
+from filedge_core.batches import read_file
 
 pytestmark = pytest.mark.postgres
 
@@ -147,7 +147,7 @@ def test_open_connector_knows_postgresql() -> None:
 def test_connects_with_other_url_spellings(pg_database: str, make_connector: Any, scheme: str) -> None:
     url = scheme + "://" + pg_database.split("://", 1)[1]
     conn = make_connector(url)
-    assert conn.write(FileWrite("orders", HASH, 1, orders(3))) == 3
+    assert conn.write(FileWrite("orders", HASH, 1, orders(3))).rows_written == 3
 
 
 # -- table creation and types ---------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_creates_typed_table_and_round_trips_values(
     ).encode()
     frame = read_file(data, make_config(pg_database))
     conn = make_connector(pg_database)
-    assert conn.write(FileWrite("orders", HASH, 1, frame)) == 5
+    assert conn.write(FileWrite("orders", HASH, 1, frame)).rows_written == 5
 
     types: dict[str, str] = dict(
         pg_conn.execute(
@@ -243,7 +243,7 @@ def test_many_copy_chunks_each_row_once(
     steps: list[str] = []
     monkeypatch.setattr(pgc, "checkpoint", steps.append)
     conn = make_connector(pg_database)
-    assert conn.write(FileWrite("orders", HASH, 1, orders(100))) == 100
+    assert conn.write(FileWrite("orders", HASH, 1, orders(100))).rows_written == 100
     assert steps == ["mid_insert"]
     assert pg_conn.execute("SELECT count(*), count(DISTINCT order_id) FROM orders").fetchone() == (100, 100)
 
@@ -254,7 +254,7 @@ def test_prepare_twice_and_empty_file(
     conn = make_connector(pg_database)
     conn.prepare()
     conn.write(FileWrite("orders", HASH, 1, orders(5)))
-    assert conn.write(FileWrite("orders", HASH, 2, orders(0))) == 0
+    assert conn.write(FileWrite("orders", HASH, 2, orders(0))).rows_written == 0
     assert rows_by_token(pg_conn) == {}
     assert ledger(pg_conn) == [("orders", HASH, "orders", 2, 0)]
 
@@ -309,7 +309,7 @@ def test_table_altered_after_prepare_is_transient_then_loads(
     pg_conn.execute("ALTER TABLE orders ALTER COLUMN order_id TYPE INTEGER")
     with pytest.raises(TransientError, match="binary"):
         conn.write(FileWrite("orders", HASH, 1, orders(3)))
-    assert conn.write(FileWrite("orders", HASH, 2, orders(3))) == 3  # types read again: CSV
+    assert conn.write(FileWrite("orders", HASH, 2, orders(3))).rows_written == 3  # types read again: CSV
     assert rows_by_token(pg_conn) == {2: 3}
 
 
@@ -338,7 +338,7 @@ def test_rewrite_with_newer_token_leaves_rows_once(
     conn = make_connector(pg_database)
     conn.write(FileWrite("orders", HASH, 1, orders(10, "first")))
     conn.write(FileWrite("orders", "cd" * 32, 1, orders(4)))  # another file: untouched
-    assert conn.write(FileWrite("orders", HASH, 2, orders(10, "second"))) == 10
+    assert conn.write(FileWrite("orders", HASH, 2, orders(10, "second"))).rows_written == 10
 
     assert rows_by_token(pg_conn) == {2: 10}
     customers = {
@@ -398,8 +398,8 @@ def test_guard_refuses_a_token_that_became_old_during_the_copy(
 
 def test_schema_qualified_table(pg_database: str, pg_conn: psycopg.Connection, make_connector: Any) -> None:
     conn = make_connector(pg_database, dest_table="analytics.orders", name="sales")
-    assert conn.write(FileWrite("sales", HASH, 1, orders(3))) == 3
-    assert conn.write(FileWrite("sales", HASH, 2, orders(3))) == 3
+    assert conn.write(FileWrite("sales", HASH, 1, orders(3))).rows_written == 3
+    assert conn.write(FileWrite("sales", HASH, 2, orders(3))).rows_written == 3
 
     assert rows_by_token(pg_conn, "analytics.orders") == {2: 3}
     assert ledger(pg_conn, "analytics") == [("sales", HASH, "analytics.orders", 2, 3)]
@@ -580,7 +580,7 @@ def test_zombie_stopped_mid_copy_is_fenced(
 
         def newer_writer() -> None:
             b = make_connector(pg_database, columns=columns)
-            outcome.append(b.write(FileWrite("orders", HASH, 2, b_frame)))
+            outcome.append(b.write(FileWrite("orders", HASH, 2, b_frame)).rows_written)
 
         writer = threading.Thread(target=newer_writer, daemon=True)
         writer.start()
@@ -648,7 +648,7 @@ def test_connection_lost_mid_write_is_database_unavailable_then_recovers(
     assert rows_by_token(pg_conn) == {}
 
     monkeypatch.setattr(pgc, "checkpoint", lambda step: None)
-    assert conn.write(FileWrite("orders", HASH, 2, orders(50))) == 50  # reconnects
+    assert conn.write(FileWrite("orders", HASH, 2, orders(50))).rows_written == 50  # reconnects
     assert rows_by_token(pg_conn) == {2: 50}
 
 

@@ -54,7 +54,7 @@ def table(tmp_path: Path, sql: str = "SELECT * FROM orders ORDER BY id") -> list
 
 def test_creates_typed_table_and_writes(tmp_path: Path) -> None:
     connector = make(tmp_path)
-    assert connector.write(FileWrite("orders", H, 1, frame([1, 2]))) == 2
+    assert connector.write(FileWrite("orders", H, 1, frame([1, 2]))).rows_written == 2
     assert table(tmp_path) == [
         (1, "2024-01-02 03:04:05.000000", "2024-01-02", 1, "x", H),
         (2, "2024-01-02 03:04:05.000000", "2024-01-02", 1, "x", H),
@@ -132,4 +132,4 @@ def test_existing_compatible_table_is_used(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "dest.db") as conn:
         conn.execute('CREATE TABLE orders (id BIGINT, "when" TEXT, day VARCHAR(10), ok INT, "select" CLOB, '
                      "_filedge_file_hash TEXT, extra TEXT)")
-    assert make(tmp_path).write(FileWrite("orders", H, 1, frame([1]))) == 1
+    assert make(tmp_path).write(FileWrite("orders", H, 1, frame([1]))).rows_written == 1

@@ -13,7 +13,7 @@ import yaml
 
 from filedge_core.config import parse_pipeline
 from filedge_core.errors import DataError
-from filedge_core.readers import read_file
+from filedge_core.batches import read_file
 from tests.support import ROOT
 
 CORPUS = ROOT / "tests" / "data" / "corpus"
@@ -28,8 +28,10 @@ def _plain(value: object) -> object:
     return float(value) if isinstance(value, Decimal) else value
 
 
+@pytest.mark.parametrize("batch_bytes", [None, 1, 16])
 @pytest.mark.parametrize("name", CASES)
-def test_case(name: str) -> None:
+def test_case(name: str, batch_bytes: int | None) -> None:
+    """Each case read whole, and in batches of a record or two (line numbers must not move)."""
     case = CORPUS / name
     spec = yaml.safe_load((case / "case.yaml").read_text(encoding="utf-8"))
     config = parse_pipeline(
@@ -40,8 +42,8 @@ def test_case(name: str) -> None:
     error_file = case / "expected_error.txt"
     if error_file.exists():
         with pytest.raises(DataError) as info:
-            read_file(data, config)
+            read_file(data, config, batch_bytes)
         assert str(info.value) == error_file.read_text(encoding="utf-8").strip()
     else:
-        rows = [[_plain(v) for v in row] for row in read_file(data, config).rows()]
+        rows = [[_plain(v) for v in row] for row in read_file(data, config, batch_bytes).rows()]
         assert rows == json.loads((case / "expected.json").read_text(encoding="utf-8"))

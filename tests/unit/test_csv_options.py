@@ -11,7 +11,7 @@ import zstandard
 
 from filedge_core.config import parse_pipeline
 from filedge_core.errors import DataError
-from filedge_core.readers import read_file
+from filedge_core.batches import read_file
 from filedge_core.runner import run_pipeline
 from tests.support import Workspace
 

@@ -1,0 +1,304 @@
+"""A file's bytes, read once, in bounded memory: hashed on the way, decompressed, split into
+record-aligned text chunks.
+
+The bytes loaded must be exactly the bytes that were hashed, and a file may be rewritten while
+it is read. So the hash is computed over the very bytes the parser consumes, and checked when
+the file's end is reached: before its last chunk is parsed, hence before the destination
+transaction can commit. A mismatch is ``FileChanged``."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import DataError, FileChanged, TransientError
+
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
+_READ_PIECE = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BOM = b"\xef\xbb\xbf"
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Snapshot(io.RawIOBase):
+    """A file's raw bytes as they are read, hashed on the way.
+
+    Reaching the end checks the hash against ``expected`` (when given) and raises
+    ``FileChanged`` if the bytes are not the ones that were claimed."""
+
+    def __init__(self, handle: BinaryIO, name: str, expected: str | None = None) -> None:
+        self._handle = handle
+        self.name = name
+        self.expected = expected
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self._verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = self._handle.readinto(buffer)
+        if n:
+            self._sha.update(memoryview(buffer)[:n])
+            self.size += n
+        else:
+            self._verify()
+        return n
+
+    def _verify(self) -> None:
+        if self._verified or self.expected is None:
+            return
+        if self._sha.hexdigest() != self.expected:
+            raise FileChanged(f"{self.name}: file changed while being read (content hash differs)")
+        self._verified = True
+
+    def finish(self) -> None:
+        """Read whatever is left and check the hash (``FileChanged`` if it differs)."""
+        while self.read(_READ_PIECE):
+            pass
+        self._verify()
+
+    @property
+    def digest(self) -> str:
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+def open_snapshot(path: str | Path, expected: str | None) -> Snapshot:
+    """Open ``path`` for one hashed pass; errors say whether the file changed or cannot be read."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 -- owned by the Snapshot
+    except FileNotFoundError:
+        raise FileChanged(f"{path}: file disappeared before it was read") from None
+    except IsADirectoryError:
+        raise FileChanged(f"{path}: is now a directory") from None
+    except OSError as exc:
+        raise TransientError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return Snapshot(handle, str(path), expected)
+
+
+def snapshot_of(data: bytes, name: str = "<bytes>") -> Snapshot:
+    """In-memory bytes as a snapshot (no expected hash): for dry runs and tests."""
+    return Snapshot(io.BytesIO(data), name)
+
+
+class _Gzip:
+    """Every gzip member, streamed; corrupt or truncated data is a ``DataError``."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._file = gzip.GzipFile(fileobj=raw, mode="rb")
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._file.read(size)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"corrupt gzip data: {exc}") from None
+
+
+class _Zstd:
+    """Every zstd frame (concatenated .zst files are one stream); a truncated frame is an error."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self._raw = raw
+        self._frame: object | None = None
+        self._out = bytearray()
+        self._eof = False
+
+    def _fill(self) -> None:
+        data = self._raw.read(_READ_PIECE // 8)  # small input pieces bound each output piece
+        if not data:
+            if self._frame is not None and not self._frame.eof:  # type: ignore[attr-defined]
+                raise DataError("truncated zstd data (the last frame does not end)")
+            self._eof = True
+            return
+        try:
+            while data:
+                if self._frame is None or self._frame.eof:  # type: ignore[attr-defined]
+                    self._frame = self._zstd.ZstdDecompressor().decompressobj()
+                self._out += self._frame.decompress(data)  # type: ignore[attr-defined]
+                data = self._frame.unused_data if self._frame.eof else b""  # type: ignore[attr-defined]
+        except self._zstd.ZstdError as exc:
+            raise DataError(f"corrupt zstd data: {exc}") from None
+
+    def read(self, size: int = -1, /) -> bytes:
+        while (size < 0 or len(self._out) < size) and not self._eof:
+            self._fill()
+        if size < 0 or size >= len(self._out):
+            out = bytes(self._out)
+            self._out.clear()
+            return out
+        out = bytes(self._out[:size])
+        del self._out[:size]
+        return out
+
+
+class _View(io.RawIOBase):
+    """The snapshot for a buffered reader, which closes what it wraps when it is collected:
+    the snapshot must stay open until ``finish``."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._snapshot.readinto(buffer)
+
+
+def plain_stream(snapshot: Snapshot) -> Readable:
+    """The snapshot's content, decompressed when it starts with gzip or zstd magic bytes."""
+    buffered = io.BufferedReader(_View(snapshot), _READ_PIECE)
+    head = buffered.peek(4)[:4]
+    if head.startswith(_GZIP_MAGIC):
+        return _Gzip(buffered)  # type: ignore[arg-type]
+    if head.startswith(_ZSTD_MAGIC):
+        return _Zstd(buffered)  # type: ignore[arg-type]
+    return buffered
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Whole records of UTF-8 text; ``first_line`` is the 1-based line number of its first byte."""
+
+    data: bytes
+    first_line: int
+    first: bool
+    last: bool
+
+
+def _line_of(data: bytes, offset: int, first_line: int) -> int:
+    return first_line + data.count(b"\n", 0, offset)
+
+
+def record_boundary(buffer: bytes | bytearray, quote: bytes | None) -> int:
+    """Offset just after the last newline that ends a record (outside quotes); -1 if none.
+
+    Quote characters toggle quoting (an escaped quote is a pair), so a newline ends a record
+    exactly when the quotes before it are even in number: polars splits a file the same way."""
+    end = len(buffer)
+    position = buffer.rfind(b"\n")
+    if quote is None or position < 0:
+        return position + 1 if position >= 0 else -1
+    total = buffer.count(quote)
+    after = 0
+    while position >= 0:
+        after += buffer.count(quote, position, end)
+        end = position
+        if (total - after) % 2 == 0:
+            return position + 1
+        position = buffer.rfind(b"\n", 0, position)
+    return -1
+
+
+def _trim_blank_tail(buffer: bytes | bytearray, cut: int) -> int:
+    """Move a cut back to just after the last non-blank line: blank lines are kept with what
+    follows, so that blank lines at the very end of a file (not records) are dropped whole."""
+    body = cut
+    while body and buffer[body - 1] in b"\r\n":
+        body -= 1
+    if body == 0:
+        return cut
+    newline = buffer.find(b"\n", body)
+    return cut if newline < 0 else newline + 1
+
+
+class TextChunks:
+    """Record-aligned UTF-8 chunks of about ``batch_bytes`` from a decompressed stream.
+
+    Handles the text encoding (``latin1`` transcoded, a UTF-8 byte order mark as ``utf8-sig``
+    says), refuses binary content (NUL bytes), skips ``skip_rows`` leading lines and drops
+    blank lines at the end. ``quote``: the quote byte records may contain newlines inside."""
+
+    def __init__(
+        self, stream: Readable, encoding: str, quote: bytes | None, batch_bytes: int, skip_rows: int = 0
+    ) -> None:
+        self.stream = stream
+        self.encoding = encoding
+        self.quote = quote
+        self.batch_bytes = max(1, batch_bytes)
+        self.skip_rows = skip_rows
+
+    def _read(self, line: int, first: bool) -> bytes:
+        data = self.stream.read(max(self.batch_bytes, len(_BOM)) if first else self.batch_bytes)
+        if first and data.startswith(_BOM):
+            if self.encoding != "utf8-sig":
+                raise DataError("the file starts with a UTF-8 byte order mark: set csv.encoding: utf8-sig")
+            data = data[len(_BOM):] or self.stream.read(self.batch_bytes)
+        if self.encoding == "latin1":
+            data = data.decode("latin-1").encode("utf-8")
+        nul = data.find(b"\x00")
+        if nul >= 0:
+            raise DataError(f"line {_line_of(data, nul, line)}: NUL byte: this is a binary file, not text")
+        return data
+
+    def _skip(self, pending: bytearray, line: int) -> tuple[bytearray, int, bool]:
+        """Drop the first ``skip_rows`` physical lines; returns what is left, its line, and EOF."""
+        skipped, eof = 0, False
+        while skipped < self.skip_rows:
+            newline = pending.find(b"\n")
+            if newline < 0:
+                more = self._read(line, False)
+                if not more:
+                    return bytearray(), line, True
+                pending += more
+                continue
+            del pending[: newline + 1]
+            skipped += 1
+            line += 1
+        return pending, line, eof
+
+    def __iter__(self) -> Iterator[Chunk]:
+        line = 1
+        pending = bytearray(self._read(line, True))
+        eof = not pending
+        if self.skip_rows and not eof:
+            pending, line, eof = self._skip(pending, line)
+        first = True
+        while True:
+            while not eof and len(pending) < self.batch_bytes:
+                more = self._read(line + pending.count(b"\n"), False)
+                if more:
+                    pending += more
+                else:
+                    eof = True
+            if eof:
+                text = bytes(pending)
+                end = len(text)
+                while end and text[end - 1] in b"\r\n":
+                    end -= 1
+                if text.count(b"\n", end) > 1:
+                    text = text[:end] + b"\n"  # blank lines at the end are not records
+                yield Chunk(text, line, first, True)
+                return
+            cut = record_boundary(pending, self.quote)
+            if cut <= 0:  # one record longer than a batch: read on until it ends
+                more = self._read(line + pending.count(b"\n"), False)
+                if more:
+                    pending += more
+                else:
+                    eof = True
+                continue
+            cut = _trim_blank_tail(pending, cut)
+            text = bytes(pending[:cut])
+            del pending[:cut]
+            yield Chunk(text, line, first, False)
+            line += text.count(b"\n")
+            first = False

@@ -166,7 +166,7 @@ class PipelineConfig(_Model):
     key: list[str] = Field(default_factory=list)
     on_error: str = "fail"
     max_rejected: int | str | None = None
-    batch_bytes: ByteSize = Field(default=ByteSize(16 * 1024 * 1024), ge=1)
+    batch_bytes: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), ge=1)
 
     @field_validator("on_error")
     @classmethod

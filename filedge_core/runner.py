@@ -130,7 +130,7 @@ def heartbeat_interval(config: PipelineConfig) -> float:
     return max(0.05, min(config.stale_timeout_seconds / 4.0, 60.0))
 
 
-def snapshot_key(claim: Claim) -> str:
+def file_order(claim: Claim) -> str:
     """The order of snapshots for ``write_mode: replace``: first seen, then by path."""
     return f"{claim.registered_at}|{claim.path}"
 
@@ -155,7 +155,7 @@ def process_claim(
             with open_snapshot(path, claim.file_hash) as snapshot:
                 batches = FileBatches(snapshot, config, check=still_ours)
                 written = connector.write(
-                    FileWrite(claim.pipeline, claim.file_hash, claim.token, batches, snapshot_key(claim))
+                    FileWrite(claim.pipeline, claim.file_hash, claim.token, batches, file_order(claim))
                 )
             checkpoint("after_dest_commit")
             rejected = 0 if written.superseded_by else batches.rows_rejected

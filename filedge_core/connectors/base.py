@@ -13,6 +13,9 @@ from ..errors import ConfigError
 
 LEDGER_TABLE = "_filedge_loads"
 HASH_COLUMN = "_filedge_file_hash"
+# upsert tables: the ``file_order`` of the file each row comes from; an older file never
+# overwrites a row a newer file wrote, whatever order retries commit in.
+ORDER_COLUMN = "_filedge_file_order"
 # The quarantine table's columns after the file hash (``<dest_table>_rejected``).
 REJECT_COLUMNS = ("row_number", "line_number", "column_name", "raw_value", "reason")
 
@@ -30,14 +33,15 @@ class FileWrite:
     """One file's rows and the lease they are written under.
 
     ``rows``: a typed frame, or the file's batches (read lazily, inside the transaction).
-    ``snapshot_key``: for ``write_mode: replace``, orders the snapshots; a file whose key is
-    older than the last replacing file's is superseded and writes nothing."""
+    ``file_order``: the order of files (first seen, then path; see ``runner.file_order``).
+    ``replace``: a file older than the last loaded one is superseded and writes nothing.
+    ``upsert``: a row is never overwritten by an older file's row for the same key."""
 
     pipeline: str
     file_hash: str
     token: int
     rows: pl.DataFrame | Iterable[Batch]
-    snapshot_key: str = ""
+    file_order: str = ""
 
     def batches(self) -> Iterator[Batch]:
         if isinstance(self.rows, pl.DataFrame):

@@ -19,7 +19,7 @@ from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
 from ..faults import checkpoint
-from .base import HASH_COLUMN, LEDGER_TABLE, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
+from .base import HASH_COLUMN, LEDGER_TABLE, ORDER_COLUMN, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
 
 TOKEN_COLUMN = "_filedge_claim_token"
 DEFAULT_SCHEMA = "public"
@@ -277,7 +277,7 @@ class PostgresConnector:
                     sql.SQL(
                         "CREATE TABLE IF NOT EXISTS {} (pipeline TEXT NOT NULL, file_hash TEXT NOT NULL, "
                         "dest_table TEXT NOT NULL, claim_token BIGINT NOT NULL, row_count BIGINT NOT NULL, "
-                        "loaded_at TIMESTAMPTZ NOT NULL DEFAULT now(), snapshot_key TEXT, "
+                        "loaded_at TIMESTAMPTZ NOT NULL DEFAULT now(), file_order TEXT, "
                         "PRIMARY KEY (pipeline, file_hash))"
                     ).format(self.ledger)
                 )
@@ -286,9 +286,9 @@ class PostgresConnector:
                         sql.Identifier(f"ix_{LEDGER_TABLE}_dest_table"), self.ledger
                     )
                 )
-            if "snapshot_key" not in (self._columns(LEDGER_TABLE) or {}):  # from before write_mode: replace
+            if "file_order" not in (self._columns(LEDGER_TABLE) or {}):  # from before write_mode: replace
                 conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS snapshot_key TEXT").format(self.ledger)
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS file_order TEXT").format(self.ledger)
                 )
             existing = self._columns(self.name)
             if existing is None:
@@ -298,6 +298,8 @@ class PostgresConnector:
                 ]
                 defs.append(sql.SQL('{} TEXT COLLATE "C" NOT NULL').format(sql.Identifier(HASH_COLUMN)))
                 defs.append(sql.SQL("{} BIGINT NOT NULL").format(sql.Identifier(TOKEN_COLUMN)))
+                if self.config.write_mode == "upsert":
+                    defs.append(sql.SQL('{} TEXT COLLATE "C" NOT NULL').format(sql.Identifier(ORDER_COLUMN)))
                 conn.execute(sql.SQL("CREATE TABLE {} ({})").format(self.table, sql.SQL(", ").join(defs)))
                 existing = self._columns(self.name)
             else:
@@ -403,6 +405,11 @@ class PostgresConnector:
                     f"dest_table: table {table!r} already exists and has no {column} column "
                     "(it was not created by filedge's postgresql connector); choose another dest_table"
                 )
+        if self.config.write_mode == "upsert" and ORDER_COLUMN not in existing:
+            raise ConfigError(
+                f"write_mode: table {table!r} was not created for upsert (it has no {ORDER_COLUMN} "
+                "column); choose another dest_table"
+            )
         for spec in self.config.columns:
             kind = existing.get(spec.dest)
             if kind is None:
@@ -497,13 +504,13 @@ class PostgresConnector:
                 guard = cur.execute(
                     sql.SQL(
                         "INSERT INTO {} AS l (pipeline, file_hash, dest_table, claim_token, row_count, loaded_at,"
-                        " snapshot_key) VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (pipeline, file_hash) "
+                        " file_order) VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (pipeline, file_hash) "
                         "DO UPDATE SET claim_token = excluded.claim_token, row_count = excluded.row_count, "
                         "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at, "
-                        "snapshot_key = excluded.snapshot_key "
+                        "file_order = excluded.file_order "
                         "WHERE l.claim_token <= excluded.claim_token RETURNING 1"
                     ).format(self.ledger),
-                    (*key, self.config.dest_table, request.token, rows, request.snapshot_key or None),
+                    (*key, self.config.dest_table, request.token, rows, request.file_order or None),
                 ).fetchone()
                 if guard is None:
                     stored = cur.execute(
@@ -528,20 +535,24 @@ class PostgresConnector:
                         (request.pipeline, self.config.dest_table, request.file_hash),
                     )
                 else:
-                    rows = self._merge(cur, target)
+                    rows = self._merge(cur, target, request)
                     cur.execute(
                         sql.SQL("UPDATE {} SET row_count = %s WHERE pipeline = %s AND file_hash = %s").format(
                             self.ledger
                         ),
                         (rows, *key),
                     )
-                if self.config.on_error == "quarantine":
-                    cur.execute(
-                        sql.SQL("DELETE FROM {} WHERE {} = %s AND NOT (xmin = pg_current_xact_id()::xid)").format(
-                            self._rejected, sql.Identifier(HASH_COLUMN)
-                        ),
-                        (request.file_hash,),
-                    )
+                if self.config.on_error == "quarantine":  # replace: only the snapshot's rejects stay
+                    mine = sql.SQL("NOT (xmin = pg_current_xact_id()::xid)")
+                    if mode == "replace":
+                        cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self._rejected, mine))
+                    else:
+                        cur.execute(
+                            sql.SQL("DELETE FROM {} WHERE {} = %s AND {}").format(
+                                self._rejected, sql.Identifier(HASH_COLUMN), mine
+                            ),
+                            (request.file_hash,),
+                        )
             # (e) committed by leaving the transaction block
         except _Superseded as newer:
             return WriteResult(0, newer.file_hash)
@@ -572,9 +583,9 @@ class PostgresConnector:
         found = cur.execute(
             sql.SQL(
                 "SELECT file_hash FROM {} WHERE pipeline = %s AND dest_table = %s AND file_hash <> %s "
-                "AND snapshot_key > %s ORDER BY snapshot_key DESC LIMIT 1"
+                "AND file_order > %s ORDER BY file_order DESC LIMIT 1"
             ).format(self.ledger),
-            (request.pipeline, self.config.dest_table, request.file_hash, request.snapshot_key),
+            (request.pipeline, self.config.dest_table, request.file_hash, request.file_order),
         ).fetchone()
         if found is not None:
             raise _Superseded(str(found[0]))
@@ -595,23 +606,32 @@ class PostgresConnector:
         cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _filedge_seq BIGINT GENERATED ALWAYS AS IDENTITY").format(stage))
         return stage
 
-    def _merge(self, cur: psycopg.Cursor, stage: sql.Composable) -> int:
-        """Merge the staged rows on the key, the last row of the file winning per key; rows merged."""
+    def _merge(self, cur: psycopg.Cursor, stage: sql.Composable, request: FileWrite) -> int:
+        """Merge the staged rows on the key: the file's last row per key wins, and no row an
+        newer file wrote is overwritten. Rows of this file in the table afterwards."""
         names = [*(c.dest for c in self.config.columns), HASH_COLUMN, TOKEN_COLUMN]
         keys = sql.SQL(", ").join(map(sql.Identifier, self.config.key))
         columns = sql.SQL(", ").join(map(sql.Identifier, names))
+        order = sql.Identifier(ORDER_COLUMN)
         updates = sql.SQL(", ").join(
             sql.SQL("{} = excluded.{}").format(sql.Identifier(n), sql.Identifier(n))
-            for n in names
+            for n in [*names, ORDER_COLUMN]
             if n not in self.config.key
         )
+        # Sorted by key: concurrent merges lock rows in the same order (no deadlock cycles).
         cur.execute(
             sql.SQL(
-                "INSERT INTO {} ({}) SELECT DISTINCT ON ({}) {} FROM {} ORDER BY {}, _filedge_seq DESC "
-                "ON CONFLICT ({}) DO UPDATE SET {}"
-            ).format(self.table, columns, keys, columns, stage, keys, keys, updates)
+                "INSERT INTO {} AS t ({}, {}) SELECT * FROM (SELECT DISTINCT ON ({}) {}, %s::text FROM {} "
+                "ORDER BY {}, _filedge_seq DESC) s ORDER BY {} "
+                "ON CONFLICT ({}) DO UPDATE SET {} WHERE t.{} <= excluded.{}"
+            ).format(self.table, columns, order, keys, columns, stage, keys, keys, keys, updates, order, order),
+            (request.file_order,),
         )
-        return cur.rowcount
+        found = cur.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(self.table, sql.Identifier(HASH_COLUMN)),
+            (request.file_hash,),
+        ).fetchone()
+        return int(found[0]) if found else 0
 
     def _copy(self, cur: psycopg.Cursor, table: sql.Composable, frame: pl.DataFrame, request: FileWrite) -> None:
         """COPY one batch of rows, each with its hash and token: binary when the types allow, else CSV.

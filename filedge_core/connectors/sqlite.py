@@ -15,7 +15,7 @@ from ..dburl import mask, sqlite_path
 from ..errors import ConfigError, DatabaseUnavailable, LeaseLost, TransientError
 from ..faults import checkpoint
 from ..identifiers import quote
-from .base import HASH_COLUMN, LEDGER_TABLE, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
+from .base import HASH_COLUMN, LEDGER_TABLE, ORDER_COLUMN, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
 
 BATCH_ROWS = 50_000
 SQL_TYPES = {
@@ -115,14 +115,16 @@ class SqliteConnector:
                     f"CREATE TABLE IF NOT EXISTS {quote(LEDGER_TABLE)} ("
                     "pipeline TEXT NOT NULL, file_hash TEXT NOT NULL, dest_table TEXT NOT NULL, "
                     "claim_token INTEGER NOT NULL, row_count INTEGER NOT NULL, loaded_at TEXT NOT NULL, "
-                    "snapshot_key TEXT, PRIMARY KEY (pipeline, file_hash))"
+                    "file_order TEXT, PRIMARY KEY (pipeline, file_hash))"
                 )
                 ledger_columns = self._existing_columns(conn, LEDGER_TABLE) or {}
-                if "snapshot_key" not in ledger_columns:  # a ledger from before write_mode: replace
-                    conn.execute(f"ALTER TABLE {quote(LEDGER_TABLE)} ADD COLUMN snapshot_key TEXT")
+                if "file_order" not in ledger_columns:  # a ledger from before write_mode: replace
+                    conn.execute(f"ALTER TABLE {quote(LEDGER_TABLE)} ADD COLUMN file_order TEXT")
                 existing = self._existing_columns(conn)
                 if existing is None:
                     defs = ", ".join(f"{quote(c.dest)} {SQL_TYPES[c.type]}" for c in columns)
+                    if self.config.write_mode == "upsert":
+                        defs += f", {quote(ORDER_COLUMN)} TEXT NOT NULL"
                     conn.execute(f"CREATE TABLE {self.table} ({defs}, {quote(HASH_COLUMN)} TEXT NOT NULL)")
                 else:
                     self._check_fits(existing)
@@ -199,6 +201,11 @@ class SqliteConnector:
                 f"dest_table: table {self.config.dest_table!r} already exists and has no {HASH_COLUMN} column "
                 "(it was not created by filedge); choose another dest_table"
             )
+        if self.config.write_mode == "upsert" and ORDER_COLUMN.lower() not in existing:
+            raise ConfigError(
+                f"write_mode: table {self.config.dest_table!r} was not created for upsert (it has no "
+                f"{ORDER_COLUMN} column); choose another dest_table"
+            )
         for column in self.config.columns:
             declared = existing.get(column.dest.lower())
             if declared is None:
@@ -245,14 +252,15 @@ class SqliteConnector:
                     conn.execute(f"DELETE FROM {self.table}")
                 elif mode == "append":
                     conn.execute(f"DELETE FROM {self.table} WHERE {quote(HASH_COLUMN)} = ?", (request.file_hash,))
-                if self.config.on_error == "quarantine":
-                    conn.execute(
-                        f"DELETE FROM {quote(self.config.rejected_table)} WHERE {quote(HASH_COLUMN)} = ?",
-                        (request.file_hash,),
-                    )
+                if self.config.on_error == "quarantine":  # replace: only the snapshot's rejects stay
+                    rejected = quote(self.config.rejected_table)
+                    if mode == "replace":
+                        conn.execute(f"DELETE FROM {rejected}")
+                    else:
+                        conn.execute(f"DELETE FROM {rejected} WHERE {quote(HASH_COLUMN)} = ?", (request.file_hash,))
                 rows = 0
                 for batch in itertools.chain([first] if first is not None else [], batches):
-                    rows += self._insert(conn, batch.frame, request.file_hash)
+                    rows += self._insert(conn, batch.frame, request)
                     if batch.rejects.height:
                         self._insert_rejects(conn, batch.rejects, request.file_hash)
                 if mode == "upsert":
@@ -278,16 +286,19 @@ class SqliteConnector:
         """The hash of a snapshot loaded after this one would be (replace mode), if any."""
         found = conn.execute(
             f"SELECT file_hash FROM {quote(LEDGER_TABLE)} WHERE pipeline = ? AND dest_table = ? "
-            "AND file_hash <> ? AND snapshot_key > ? ORDER BY snapshot_key DESC LIMIT 1",
-            (request.pipeline, self.config.dest_table, request.file_hash, request.snapshot_key),
+            "AND file_hash <> ? AND file_order > ? ORDER BY file_order DESC LIMIT 1",
+            (request.pipeline, self.config.dest_table, request.file_hash, request.file_order),
         ).fetchone()
         return None if found is None else str(found[0])
 
-    def _insert(self, conn: sqlite3.Connection, frame: pl.DataFrame, file_hash: str) -> int:
+    def _insert(self, conn: sqlite3.Connection, frame: pl.DataFrame, request: FileWrite) -> int:
         """Insert (or, for upsert, merge) one batch; the number of rows sent."""
         if not frame.height:
             return 0
-        names = [*frame.columns, HASH_COLUMN]
+        rows = _to_sqlite(frame, request.file_hash)
+        if self.config.write_mode == "upsert":
+            rows = rows.with_columns(pl.lit(request.file_order).alias(ORDER_COLUMN))
+        names = rows.columns
         statement = (
             f"INSERT INTO {self.table} ({', '.join(quote(n) for n in names)}) "
             f"VALUES ({', '.join('?' for _ in names)})"
@@ -295,8 +306,11 @@ class SqliteConnector:
         if self.config.write_mode == "upsert":
             keys = ", ".join(quote(k) for k in self.config.key)
             updates = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in names if n not in self.config.key)
-            statement += f" ON CONFLICT ({keys}) DO UPDATE SET {updates}"
-        rows = _to_sqlite(frame, file_hash)
+            order = quote(ORDER_COLUMN)
+            statement += (
+                f" ON CONFLICT ({keys}) DO UPDATE SET {updates} "
+                f"WHERE excluded.{order} >= {self.table}.{order}"
+            )
         for piece in rows.iter_slices(BATCH_ROWS):
             conn.executemany(statement, piece.iter_rows())
             checkpoint("mid_insert")
@@ -314,12 +328,12 @@ class SqliteConnector:
         """The ledger row: this file, this token, its row count (and snapshot order)."""
         conn.execute(
             f"INSERT INTO {quote(LEDGER_TABLE)} (pipeline, file_hash, dest_table, claim_token, row_count, "
-            f"loaded_at, snapshot_key) VALUES (?, ?, ?, ?, ?, {_NOW}, ?) ON CONFLICT (pipeline, file_hash) "
+            f"loaded_at, file_order) VALUES (?, ?, ?, ?, ?, {_NOW}, ?) ON CONFLICT (pipeline, file_hash) "
             "DO UPDATE SET claim_token = excluded.claim_token, row_count = excluded.row_count, "
-            "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at, snapshot_key = excluded.snapshot_key",
+            "dest_table = excluded.dest_table, loaded_at = excluded.loaded_at, file_order = excluded.file_order",
             (
                 request.pipeline, request.file_hash, self.config.dest_table, request.token, rows,
-                request.snapshot_key or None,
+                request.file_order or None,
             ),
         )
         if self.config.write_mode == "replace":  # the other files' rows are gone from the table

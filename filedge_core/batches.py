@@ -52,12 +52,13 @@ class RowProblem:
     line: int | None
     column: str | None
     value: str | None
-    reason: str
+    reason: str  # as stored beside the value in the quarantine table
+    message: str = ""  # the reason with the value in it, for messages (default: ``reason``)
 
     def describe(self) -> str:
         where = f"row {self.row + 1}" + (f" (line {self.line})" if self.line is not None else "")
         column = f", column {self.column!r}" if self.column is not None else ""
-        return f"{where}{column}: {self.reason}"
+        return f"{where}{column}: {self.message or self.reason}"
 
 
 def describe_problems(problems: Sequence[RowProblem], limit_reached: bool = False) -> str:
@@ -132,20 +133,22 @@ class FileBatches:
         left = MAX_REPORTED_ERRORS - len(self.problems)
         checked = casting.validate(raw.frame, self.config.columns, limit=left)
         if checked.bad is not None:
-            self.problems.extend(self._row_problems(reader, raw, checked.problems, quoted=True))
+            self.problems.extend(self._row_problems(reader, raw, checked.problems))
         if self.problems:
             return None
         return Batch(checked.typed, no_rejects())
 
-    def _row_problems(
-        self, reader: FormatReader, raw: RawBatch, problems: pl.DataFrame, quoted: bool
-    ) -> list[RowProblem]:
+    def _row_problems(self, reader: FormatReader, raw: RawBatch, problems: pl.DataFrame) -> list[RowProblem]:
         local = problems["row"].to_list()
         rows = raw.row_numbers(local)
         lines = reader.line_numbers(raw, local)
         specs = {c.source: c for c in self.config.columns}
         return [
-            RowProblem(row, line, column, value, casting.reason(specs[column], code, value, quoted))
+            RowProblem(
+                row, line, column, value,
+                casting.reason(specs[column], code, value, quoted=False),
+                casting.reason(specs[column], code, value, quoted=True),
+            )
             for row, line, column, value, code in zip(
                 rows, lines, problems["column"], problems["value"], problems["code"]
             )
@@ -158,7 +161,7 @@ class FileBatches:
         found = [RowProblem(r.row, r.line, None, r.raw, r.reason) for r in raw.rejects]
         typed = checked.typed
         if checked.bad is not None:
-            found.extend(self._row_problems(reader, raw, checked.problems, quoted=False))
+            found.extend(self._row_problems(reader, raw, checked.problems))
             typed = typed.filter(~checked.bad)
             self.rows_rejected += int(checked.bad.sum())
         self.rows_rejected += len(raw.rejects)

@@ -138,3 +138,30 @@ def test_validate_dir_is_a_dry_run(ws: Workspace) -> None:
     assert lines[0].startswith("OK: pipeline 'orders'")
     assert lines[1:] == ["FAILED bad.csv: row 1 (line 2), column 'amount': 'x' is not a valid float", "OK good.csv 3 rows"]
     assert not (ws.root / "filedge.db").exists() and not ws.dest_path.exists(), "nothing was written"
+
+
+def test_validate_dir_with_quarantine_counts_rejected_rows(ws: Workspace) -> None:
+    ws.configure(on_error="quarantine", max_rejected=1)
+    ws.add("good.csv", orders_csv(3))
+    ws.add("some.csv", "order_id,amount\n1,x\n2,2.5\n")
+    ws.add("many.csv", "order_id,amount\n1,x\n2,y\n3,3.5\n")
+    result = filedge("validate", "--config", str(ws.config_path), "--dir", str(ws.incoming))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[1:] == [
+        "OK good.csv 3 rows",
+        "FAILED many.csv: 2 rows rejected so far, more than max_rejected (1); first: "
+        "row 1 (line 2), column 'amount': 'x' is not a valid float; row 2 (line 3), column 'amount': 'y' is not a valid float",
+        "OK some.csv 1 rows, 1 rejected",
+    ]
+    assert not (ws.root / "filedge.db").exists() and not ws.dest_path.exists(), "nothing was written"
+
+
+def test_failed_file_lists_its_row_errors_in_list(ws: Workspace) -> None:
+    ws.add("bad.csv", "order_id,amount\n1,x\n2,2.5\n3,\n")
+    assert ws.run().returncode == 1
+    listed = filedge("list", "--audit-db-url", ws.audit_url)
+    assert listed.returncode == 0
+    assert (
+        "FAILED  attempts=1  rows=-  row 1 (line 2), column 'amount': 'x' is not a valid float; "
+        "row 3 (line 4), column 'amount': required value is missing"
+    ) in listed.stdout

@@ -1,0 +1,129 @@
+"""The bad-row policy and batching: on_error, max_rejected, batch boundaries, changed files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from filedge_core.batches import FileBatches, read_file
+from filedge_core.config import parse_pipeline
+from filedge_core.errors import ConfigError, DataError, FileChanged
+from filedge_core.scan import hash_bytes
+from filedge_core.source import Snapshot, record_boundary, snapshot_of
+
+COLUMNS = [{"source": "id", "type": "int", "required": True}, {"source": "amount", "type": "float"}]
+
+
+def config(**more):
+    return parse_pipeline(
+        {"dest_table": "t", "connector": {"type": "sqlite", "url": "sqlite:///x.db"}, "columns": COLUMNS, **more},
+        "p.yaml",
+        Path("/tmp"),
+    )
+
+
+def orders(n: int, bad_every: int = 0) -> bytes:
+    lines = ["id,amount"]
+    for i in range(1, n + 1):
+        lines.append(f"{i},{'x' if bad_every and i % bad_every == 0 else i}.5")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 100, 1 << 20])
+def test_batches_cover_every_row_once(batch_bytes: int) -> None:
+    batches = FileBatches(snapshot_of(orders(1000)), config(), batch_bytes)
+    frames = [b.frame for b in batches]
+    assert (len(frames) > 10) == (batch_bytes < 1000)
+    ids = [row[0] for frame in frames for row in frame.rows()]
+    assert ids == list(range(1, 1001))
+    assert batches.records == 1000 and batches.rows_written == 1000
+
+
+def test_fail_lists_the_first_twenty_errors_across_batches() -> None:
+    with pytest.raises(DataError) as info:
+        list(FileBatches(snapshot_of(orders(1000, bad_every=7)), config(), 64))
+    message = str(info.value)
+    assert message.count("is not a valid float") == 20
+    assert message.startswith("row 7 (line 8), column 'amount': 'x.5' is not a valid float; row 14 (line 15)")
+    assert "row 140 (line 141)" in message and "row 147 " not in message
+
+
+def test_quarantine_counts_and_max_rejected_count() -> None:
+    batches = FileBatches(snapshot_of(orders(100, bad_every=10)), config(on_error="quarantine"), 50)
+    rejects = [row for b in batches for row in b.rejects.rows()]
+    assert batches.rows_rejected == 10 and batches.rows_written == 90
+    assert rejects[0] == (10, 11, "amount", "x.5", "not a valid float")
+    with pytest.raises(DataError, match=r"^10 rows rejected so far, more than max_rejected \(9\); first: row 10 \(line 11\)"):
+        list(FileBatches(snapshot_of(orders(100, bad_every=10)), config(on_error="quarantine", max_rejected=9), 50))
+    assert len(list(FileBatches(snapshot_of(orders(100, bad_every=10)), config(on_error="quarantine", max_rejected=10))))
+
+
+def test_max_rejected_percent_is_checked_at_the_end() -> None:
+    ok = config(on_error="quarantine", max_rejected="10%")
+    assert sum(b.frame.height for b in FileBatches(snapshot_of(orders(100, bad_every=10)), ok)) == 90
+    with pytest.raises(DataError, match=r"^11 of 100 rows rejected \(11\.0%\), more than max_rejected \(10%\)"):
+        list(FileBatches(snapshot_of(orders(100, bad_every=9)), ok))
+
+
+def test_a_file_changed_under_the_reader_is_released_not_failed() -> None:
+    good, bad = orders(10), orders(10, bad_every=3)
+    # The claimed bytes were the good ones; what is read now has bad values: FileChanged wins.
+    with pytest.raises(FileChanged, match="file changed while being read"):
+        list(FileBatches(Snapshot(io.BytesIO(bad), "f.csv", hash_bytes(good)), config()))
+    with pytest.raises(FileChanged):
+        list(FileBatches(Snapshot(io.BytesIO(good + b"11,11.5\n"), "f.csv", hash_bytes(good)), config(), 16))
+    assert len(read_file(good, config())) == 10
+
+
+def test_the_hash_is_checked_before_the_last_batch_is_handed_over() -> None:
+    data = orders(50)
+    seen = []
+    batches = FileBatches(Snapshot(io.BytesIO(data), "f.csv", "0" * 64), config(), 1 << 20)
+    with pytest.raises(FileChanged):
+        for batch in batches:
+            seen.append(batch)
+    assert seen == []  # a one-batch file is proven changed before anything is written
+
+
+@pytest.mark.parametrize(
+    ("text", "quote", "cut"),
+    [
+        (b'a,b\n1,"x\ny"\n2,', b'"', 12),
+        (b'a,b\n1,"x\ny', b'"', 4),
+        (b'1,"x""\n', b'"', -1),
+        (b"1,2\n3", None, 4),
+        (b'1,"\n', b'"', -1),
+    ],
+)
+def test_record_boundary_respects_quotes(text: bytes, quote: bytes | None, cut: int) -> None:
+    assert record_boundary(text, quote) == cut
+
+
+@pytest.mark.parametrize(
+    ("more", "message"),
+    [
+        ({"write_mode": "upsert"}, "write_mode upsert needs key"),
+        ({"write_mode": "upsert", "key": ["nope"]}, "key column 'nope' is not one of the configured columns"),
+        ({"key": ["id"]}, "key applies to write_mode: upsert, not append"),
+        ({"max_rejected": 5}, "max_rejected applies with on_error: quarantine"),
+        ({"on_error": "quarantine", "max_rejected": "150%"}, "expected a count"),
+        ({"on_error": "quarantine", "max_rejected": -1}, "-1 is negative"),
+        ({"on_error": "skip"}, "unknown on_error 'skip'"),
+        ({"write_mode": "merge"}, "unknown write_mode 'merge'"),
+        ({"batch_bytes": "lots"}, "batch_bytes"),
+        ({"on_error": "quarantine", "dest_table": "x" * 60}, "too long for its quarantine table"),
+    ],
+)
+def test_config_errors_for_the_new_keys(more: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config(**more)
+
+
+def test_config_new_keys() -> None:
+    upsert = config(write_mode="upsert", key=["ID"], batch_bytes="4MiB", on_error="quarantine", max_rejected="2.5%")
+    assert upsert.key == ["id"] and upsert.columns[0].required
+    assert upsert.batch_bytes == 4 * 1024 * 1024
+    assert upsert.max_rejected_percent == 2.5 and upsert.max_rejected_count is None
+    assert upsert.rejected_table == "t_rejected"

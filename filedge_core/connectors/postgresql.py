@@ -6,9 +6,12 @@ under; see ``PostgresConnector.write`` for why that makes a zombie writer harmle
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from itertools import repeat
+from typing import IO
 
 import polars as pl
 import psycopg
@@ -24,6 +27,7 @@ from .base import HASH_COLUMN, LEDGER_TABLE, ORDER_COLUMN, REJECT_COLUMNS, FileW
 TOKEN_COLUMN = "_filedge_claim_token"
 DEFAULT_SCHEMA = "public"
 COPY_CHUNK_ROWS = 100_000  # rows encoded and sent per piece of the COPY stream
+REJECT_SPOOL_BYTES = 8 << 20  # quarantined rows wait in memory up to this, then in a temp file
 CONNECT_TIMEOUT_SECONDS = 10
 # A writer stopped between two statements of its transaction would hold the ledger row lock
 # forever; the server ends such a session after this long (our statements follow each other
@@ -490,12 +494,7 @@ class PostgresConnector:
                     self._check_snapshot(cur, request)  # early: an old snapshot is not even read
                 # (b) all rows, tagged (upsert: into a private staging table first)
                 target = self._stage(cur) if mode == "upsert" else self.table
-                rows = 0
-                for batch in request.batches():
-                    self._copy(cur, target, batch.frame, request)
-                    rows += batch.frame.height
-                    if batch.rejects.height:
-                        self._copy_rejects(cur, batch.rejects, request)
+                rows = self._copy(cur, target, request)
                 if mode == "replace":
                     # One replacing writer at a time per table; its snapshot must still be the newest.
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"filedge:{self.config.dest_table}",))
@@ -633,50 +632,95 @@ class PostgresConnector:
         ).fetchone()
         return int(found[0]) if found else 0
 
-    def _copy(self, cur: psycopg.Cursor, table: sql.Composable, frame: pl.DataFrame, request: FileWrite) -> None:
-        """COPY one batch of rows, each with its hash and token: binary when the types allow, else CSV.
+    def _copy(self, cur: psycopg.Cursor, table: sql.Composable, request: FileWrite) -> int:
+        """COPY every batch's rows, each with its hash and token; the rows sent.
 
-        Binary is the faster of the two (see bench/bench_pg_copy.py): the server decodes it with
-        less work than CSV, and does so while this process builds the next rows."""
-        if not frame.height:
-            return
+        One COPY stays open across batches, so the server stores one batch while this process
+        reads and validates the next. Binary format when the types allow (it is the faster of
+        the two, see bench/bench_pg_copy.py), else CSV; a batch that needs the other format
+        starts a new COPY. Rejects are spooled and copied after the rows (one COPY at a time)."""
         if self._table_types is None:
             self._table_types = self._columns(self.name)  # None again if the table is gone
-        plan = binary_plan(frame, self._table_types or {})
+        rows = 0
+        rejects = tempfile.SpooledTemporaryFile(max_size=REJECT_SPOOL_BYTES)
+        with rejects, ExitStack() as open_copy:
+            current: tuple[object, psycopg.Copy] | None = None
+            for batch in request.batches():
+                frame = batch.frame
+                if batch.rejects.height:
+                    rejects.write(self._reject_csv(batch.rejects, request))
+                if not frame.height:
+                    continue
+                plan = binary_plan(frame, self._table_types or {})
+                kind = "csv" if plan is None else tuple(plan[0])
+                if current is None or current[0] != kind:
+                    open_copy.close()  # ends the COPY of the previous batches
+                    current = (kind, open_copy.enter_context(self._start_copy(cur, table, frame, plan)))
+                self._send(current[1], frame, plan, request)
+                rows += frame.height
+            open_copy.close()
+            if rejects.tell():
+                rejects.seek(0)
+                self._copy_rejects(cur, rejects)
+        return rows
+
+    def _start_copy(
+        self, cur: psycopg.Cursor, table: sql.Composable, frame: pl.DataFrame, plan: tuple[list[str], list[pl.Expr]] | None
+    ) -> "contextlib.AbstractContextManager[psycopg.Copy]":
         names = sql.SQL(", ").join(sql.Identifier(n) for n in [*frame.columns, HASH_COLUMN, TOKEN_COLUMN])
+        kind = "csv" if plan is None else "binary"
+        copy = cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(table, names, sql.SQL(kind)))
         if plan is None:
-            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, names)
-            with cur.copy(statement) as stream:
-                for chunk in csv_chunks(frame, request.file_hash, request.token, COPY_CHUNK_ROWS):
-                    stream.write(chunk)
-                    self._mid_insert()
-            return
-        types, exprs = plan
-        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table, names)
-        with cur.copy(statement) as stream:
-            stream.set_types([*types, "text", "int8"])
-            write_row = stream.write_row
-            for piece in frame.iter_slices(COPY_CHUNK_ROWS):
-                columns = [series.to_list() for series in piece.select(exprs).iter_columns()]
-                for row in zip(*columns, repeat(request.file_hash), repeat(request.token)):
-                    write_row(row)
+            return copy
+
+        @contextlib.contextmanager
+        def typed() -> Iterator[psycopg.Copy]:
+            with copy as stream:
+                stream.set_types([*plan[0], "text", "int8"])
+                yield stream
+
+        return typed()
+
+    def _send(
+        self, stream: psycopg.Copy, frame: pl.DataFrame, plan: tuple[list[str], list[pl.Expr]] | None, request: FileWrite
+    ) -> None:
+        if plan is None:
+            for chunk in csv_chunks(frame, request.file_hash, request.token, COPY_CHUNK_ROWS):
+                stream.write(chunk)
                 self._mid_insert()
+            return
+        write_row = stream.write_row
+        for piece in frame.iter_slices(COPY_CHUNK_ROWS):
+            columns = [series.to_list() for series in piece.select(plan[1]).iter_columns()]
+            for row in zip(*columns, repeat(request.file_hash), repeat(request.token)):
+                write_row(row)
+            self._mid_insert()
+
+    @staticmethod
+    def _reject_csv(rejects: pl.DataFrame, request: FileWrite) -> bytes:
+        return (
+            rejects.select(
+                pl.lit(request.file_hash).alias(HASH_COLUMN),
+                *REJECT_COLUMNS,
+                pl.lit(request.token, pl.Int64).alias(TOKEN_COLUMN),
+            )
+            .write_csv(include_header=False)
+            .encode()
+        )
+
+    def _copy_rejects(self, cur: psycopg.Cursor, spool: IO[bytes]) -> None:
+        names = [HASH_COLUMN, *REJECT_COLUMNS, TOKEN_COLUMN]
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+            self._rejected, sql.SQL(", ").join(map(sql.Identifier, names))
+        )
+        with cur.copy(statement) as stream:
+            while piece := spool.read(1 << 20):
+                stream.write(piece)
 
     def _mid_insert(self) -> None:
         if self._checkpoint_due:  # once per write: the crash tests stop it part-way
             self._checkpoint_due = False
             checkpoint("mid_insert")
-
-    def _copy_rejects(self, cur: psycopg.Cursor, rejects: pl.DataFrame, request: FileWrite) -> None:
-        names = [HASH_COLUMN, *REJECT_COLUMNS, TOKEN_COLUMN]
-        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-            self._rejected, sql.SQL(", ").join(map(sql.Identifier, names))
-        )
-        frame = rejects.select(
-            pl.lit(request.file_hash).alias(HASH_COLUMN), *REJECT_COLUMNS, pl.lit(request.token, pl.Int64).alias(TOKEN_COLUMN)
-        )
-        with cur.copy(statement) as stream:
-            stream.write(frame.write_csv(include_header=False).encode())
 
     def _refused(self, token: int, stored: int | None) -> LeaseLost:
         older_than = stored if stored is not None else "the stored one"

@@ -53,6 +53,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from .audit import AuditRow, AuditStore, Claim, ErrorKind, FileState, Reclaimed
     from .config import ColumnSpec, ConnectorSpec, PipelineConfig, load_pipeline, parse_pipeline
+    from .connectors import Connector, open_connector
     from .errors import (
         ConfigError,
         DatabaseUnavailable,
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
         TransientError,
         UsageError,
     )
-    from .connectors import Connector, open_connector
     from .pipeline_set import PipelineEntry, load_pipeline_set
     from .runner import (
         FileResult,

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .audit import AuditStore, Claim, ErrorKind, FileState
 from .batches import FileBatches

@@ -41,7 +41,6 @@ class Snapshot(io.RawIOBase):
         self.name = name
         self.expected = expected
         self._sha = hashlib.sha256()
-        self.size = 0
         self._verified = False
 
     def readable(self) -> bool:
@@ -51,7 +50,6 @@ class Snapshot(io.RawIOBase):
         n = self._handle.readinto(buffer)
         if n:
             self._sha.update(memoryview(buffer)[:n])
-            self.size += n
         else:
             self._verify()
         return n
@@ -68,10 +66,6 @@ class Snapshot(io.RawIOBase):
         while self.read(_READ_PIECE):
             pass
         self._verify()
-
-    @property
-    def digest(self) -> str:
-        return self._sha.hexdigest()
 
     def close(self) -> None:
         self._handle.close()
@@ -251,19 +245,17 @@ class TextChunks:
 
     def _skip(self, pending: bytearray, line: int) -> tuple[bytearray, int, bool]:
         """Drop the first ``skip_rows`` physical lines; returns what is left, its line, and EOF."""
-        skipped, eof = 0, False
-        while skipped < self.skip_rows:
+        for _ in range(self.skip_rows):
             newline = pending.find(b"\n")
-            if newline < 0:
+            while newline < 0:
                 more = self._read(line, False)
                 if not more:
                     return bytearray(), line, True
                 pending += more
-                continue
+                newline = pending.find(b"\n")
             del pending[: newline + 1]
-            skipped += 1
             line += 1
-        return pending, line, eof
+        return pending, line, False
 
     def __iter__(self) -> Iterator[Chunk]:
         line = 1

@@ -22,7 +22,15 @@ from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
 from ..faults import checkpoint
-from .base import HASH_COLUMN, LEDGER_TABLE, ORDER_COLUMN, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
+from .base import (
+    HASH_COLUMN,
+    LEDGER_TABLE,
+    ORDER_COLUMN,
+    REJECT_COLUMNS,
+    FileWrite,
+    WriteResult,
+    shared_table_error,
+)
 
 TOKEN_COLUMN = "_filedge_claim_token"
 DEFAULT_SCHEMA = "public"

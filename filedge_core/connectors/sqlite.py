@@ -15,7 +15,15 @@ from ..dburl import mask, sqlite_path
 from ..errors import ConfigError, DatabaseUnavailable, LeaseLost, TransientError
 from ..faults import checkpoint
 from ..identifiers import quote
-from .base import HASH_COLUMN, LEDGER_TABLE, ORDER_COLUMN, REJECT_COLUMNS, FileWrite, WriteResult, shared_table_error
+from .base import (
+    HASH_COLUMN,
+    LEDGER_TABLE,
+    ORDER_COLUMN,
+    REJECT_COLUMNS,
+    FileWrite,
+    WriteResult,
+    shared_table_error,
+)
 
 BATCH_ROWS = 50_000
 SQL_TYPES = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from filedge_core.cli import main
 from tests.support import Workspace, filedge, orders_csv
 

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import resource
+import json
 import subprocess
+import sys
 from pathlib import Path
 
-from tests.support import FILEDGE, Workspace
+from tests.support import Workspace
 
 MiB = 1 << 20
 COLUMNS = [
@@ -40,9 +41,6 @@ def peak_rss_of_run(ws: Workspace) -> tuple[int, subprocess.CompletedProcess[str
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode, p.stdout, p.stderr]))\n"
     )
-    import json
-    import sys
-
     helper = subprocess.run(
         [sys.executable, "-c", script, *ws.run_args()], cwd=ws.root, capture_output=True, text=True, timeout=600
     )

@@ -23,12 +23,12 @@ import polars as pl
 import psycopg
 import pytest
 
+from filedge_core.batches import read_file
 from filedge_core.config import PipelineConfig, parse_pipeline
 from filedge_core.connectors import FileWrite, open_connector
 from filedge_core.connectors import postgresql as pgc
 from filedge_core.connectors.postgresql import PostgresConnector, conninfo
 from filedge_core.errors import ConfigError, DatabaseUnavailable, DataError, LeaseLost, TransientError
-from filedge_core.batches import read_file
 
 pytestmark = pytest.mark.postgres
 

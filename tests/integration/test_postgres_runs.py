@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from filedge_core.scan import hash_file
 from tests.acceptance import test_crash
 from tests.support import Workspace, orders_csv
-from filedge_core.scan import hash_file
 
 pytestmark = pytest.mark.postgres
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import yaml
 
+from filedge_core.batches import FileBatches
 from filedge_core.config import parse_pipeline
 from filedge_core.errors import DataError
-from filedge_core.batches import FileBatches
 from filedge_core.source import snapshot_of
 from tests.support import ROOT
 

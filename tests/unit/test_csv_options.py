@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from filedge_core.batches import read_file
 from filedge_core.config import parse_pipeline
 from filedge_core.errors import DataError
-from filedge_core.batches import read_file
 from filedge_core.runner import run_pipeline
 from tests.support import Workspace
 

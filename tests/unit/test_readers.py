@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from filedge_core.audit import AuditStore
+from filedge_core.batches import read_file
 from filedge_core.config import parse_pipeline
 from filedge_core.errors import DataError
-from filedge_core.batches import read_file
 from filedge_core.runner import run_pipeline
-
 from tests.support import CSV_SPECTRUM
 
 CASES = sorted(p.stem for p in (CSV_SPECTRUM / "csvs").glob("*.csv"))

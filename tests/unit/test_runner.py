@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
+from filedge_core.connectors import open_connector
 from filedge_core.errors import ConfigError, DatabaseUnavailable
 from filedge_core.runner import process_claim, run_pipeline
-from filedge_core.connectors import open_connector
 from filedge_core.scan import hash_file
 from tests.support import Workspace, orders_csv
 

@@ -94,6 +94,8 @@ def csv_records(chunk: Chunk, config: PipelineConfig) -> Iterator[tuple[int, lis
             yield start, row
             start = chunk.first_line + reader.line_num
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):  # the record's opening quote is never closed
+            raise DataError(f"line {start}: bad quoting: a quoted field is never closed") from None
         raise DataError(f"line {chunk.first_line - 1 + reader.line_num}: bad quoting: {exc}") from None
 
 

@@ -285,6 +285,22 @@ def test_data_error_fails_its_partition_and_the_rest_of_the_range_commits(
     assert list(harness.tick().run_requests or []) == []
 
 
+def test_quarantined_rows_show_in_the_materialization(ws: Workspace, instance: dg.DagsterInstance) -> None:
+    ws.configure(on_error="quarantine")
+    harness = Harness(ws, instance, write_pipeline_set(ws))
+    ws.add("mixed.csv", "order_id,amount\n7,7.5\n8,abc\n9,9.5\n")
+
+    _, runs = harness.tick_and_run()
+
+    assert len(runs) == 1 and runs[0].success
+    (events,) = harness.materializations(runs[0].dagster_run.run_id).values()
+    assert (events[0]["rows_written"], events[0]["rows_rejected"]) == (2, 1)
+    assert events[0]["note"] == "1 row(s) quarantined in orders_rejected"
+    assert ws.query("SELECT line_number, column_name, raw_value, reason FROM orders_rejected") == [
+        (3, "amount", "abc", "not a valid float")
+    ]
+
+
 # -- (d) many files: few runs ------------------------------------------------------------------------
 
 

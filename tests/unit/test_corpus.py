@@ -5,6 +5,7 @@ line, column, raw value, reason) or `expected_error.txt` (the data error, exactl
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from decimal import Decimal
 
@@ -37,7 +38,12 @@ def test_corpus_is_there() -> None:
 
 
 def _plain(value: object) -> object:
-    return float(value) if isinstance(value, Decimal) else value
+    """Values as JSON spells them: decimals as numbers, dates and datetimes in ISO 8601."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
 
 
 @pytest.mark.parametrize("batch_bytes", [None, 1, 16])

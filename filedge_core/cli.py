@@ -162,7 +162,7 @@ def requeue(audit_db_url: str, pipeline: str | None, hashes: tuple[str, ...], al
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines with every audit column.")
 @handle_errors
 def list_files(audit_db_url: str, pipeline: str | None, state: str | None, as_json: bool) -> None:
-    """One line per file: short hash, path, state, attempts, rows, last error."""
+    """One line per file: short hash, path, state, attempts, rows (and rows rejected), last error."""
     rows = _audit(audit_db_url).rows(pipeline=pipeline, state=state.upper() if state else None)
     for row in rows:
         if as_json:
@@ -170,6 +170,8 @@ def list_files(audit_db_url: str, pipeline: str | None, state: str | None, as_js
             click.echo(json.dumps(data))
             continue
         rows_text = "-" if row.rows_written is None else str(row.rows_written)
+        if row.rows_rejected:
+            rows_text += f"  rejected={row.rows_rejected}"
         error = f"  {row.last_error}" if row.last_error else ""
         click.echo(f"{row.file_hash[:12]}  {row.path}  {row.state}  attempts={row.attempts}  rows={rows_text}{error}")
 

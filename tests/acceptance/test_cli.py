@@ -164,3 +164,13 @@ def test_failed_file_lists_its_row_errors_in_list(ws: Workspace) -> None:
         "FAILED  attempts=1  rows=-  row 1 (line 2), column 'amount': 'x' is not a valid float; "
         "row 3 (line 4), column 'amount': required value is missing"
     ) in listed.stdout
+
+
+def test_list_shows_rejected_rows(ws: Workspace) -> None:
+    ws.configure(on_error="quarantine")
+    ws.add("some.csv", "order_id,amount\n1,x\n2,2.5\n")
+    run = ws.run()
+    assert run.returncode == 0, run.stderr
+    assert "some.csv: 1 row(s) quarantined in orders_rejected" in run.stderr
+    listed = filedge("list", "--audit-db-url", ws.audit_url)
+    assert "COMMITTED  attempts=1  rows=1  rejected=1" in listed.stdout

@@ -1,0 +1,1 @@
+"""filedge's benchmark suite: ``python -m bench`` (see docs/benchmarks.md)."""

@@ -203,6 +203,8 @@ class AuditStore:
             self._now = sa.func.statement_timestamp()
             self._insert = pg_dialect.insert
         self._schema_ready = False
+        self._claim_stmt: sa.Update | None = None
+        self._commit_stmt: sa.Update | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -231,15 +233,19 @@ class AuditStore:
                 ) from None
             raise
 
-    def _execute(self, stmt: sa.Executable, params: list[dict[str, Any]] | None = None) -> list[sa.Row[Any]]:
-        """Run one statement (once per parameter set, if given) in its own transaction; the rows
+    def _execute(
+        self, stmt: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] | None = None
+    ) -> list[sa.Row[Any]]:
+        """Run one statement (with its parameters, or once per parameter set) in its own transaction; the rows
         it returns. Every DML statement RETURNs the rows it changed: driver row counts are not
         reliable across dialects."""
         with self._errors():
             return self._execute_retrying(stmt, params)
 
     @_retry
-    def _execute_retrying(self, stmt: sa.Executable, params: list[dict[str, Any]] | None) -> list[sa.Row[Any]]:
+    def _execute_retrying(
+        self, stmt: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] | None
+    ) -> list[sa.Row[Any]]:
         with self.engine.begin() as conn:
             result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
             return list(result.all()) if result.returns_rows else []
@@ -381,27 +387,38 @@ class AuditStore:
 
     def claim(self, pipeline: str, file_hash: str, worker: str, retry_cap: int, config_hash: str) -> Claim | None:
         """Take the lease on a PENDING (or retryable FAILED) file; None if another has it or it needs no work."""
-        claimable = sa.or_(
-            _t.state == FileState.PENDING.value,
-            sa.and_(_t.state == FileState.FAILED.value, _t.error_kind == ErrorKind.TRANSIENT.value),
-        )
-        stmt = (
-            sa.update(audit_table)
-            .where(_t.pipeline == pipeline, _t.file_hash == file_hash, claimable, _t.attempts < retry_cap)
-            .values(
-                previous_state=_t.state,
-                state=FileState.PROCESSING.value,
-                attempts=_t.attempts + 1,
-                claim_token=_t.claim_token + 1,
-                claimed_by=worker,
-                claimed_at=self._now,
-                committed_at=None,
-                config_hash=config_hash,
-                updated_at=self._now,
+        if self._claim_stmt is None:  # built once: statement construction costs more than a small file's claim
+            claimable = sa.or_(
+                _t.state == FileState.PENDING.value,
+                sa.and_(_t.state == FileState.FAILED.value, _t.error_kind == ErrorKind.TRANSIENT.value),
             )
-            .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path, _t.created_at)
-        )
-        rows = self._execute(stmt)
+            self._claim_stmt = (
+                sa.update(audit_table)
+                .where(
+                    _t.pipeline == sa.bindparam("b_pipeline"),
+                    _t.file_hash == sa.bindparam("b_hash"),
+                    claimable,
+                    _t.attempts < sa.bindparam("b_cap"),
+                )
+                .values(
+                    previous_state=_t.state,
+                    state=FileState.PROCESSING.value,
+                    attempts=_t.attempts + 1,
+                    claim_token=_t.claim_token + 1,
+                    claimed_by=sa.bindparam("b_worker"),
+                    claimed_at=self._now,
+                    committed_at=None,
+                    config_hash=sa.bindparam("b_config_hash"),
+                    updated_at=self._now,
+                )
+                .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path, _t.created_at)
+            )
+        stmt = self._claim_stmt
+        params = {
+            "b_pipeline": pipeline, "b_hash": file_hash, "b_cap": retry_cap, "b_worker": worker,
+            "b_config_hash": config_hash,
+        }
+        rows = self._execute(stmt, params)
         if not rows:
             # A retried statement may have claimed the file the first time (its answer lost with
             # the connection): the lease is then ours, not another worker's.
@@ -434,21 +451,32 @@ class AuditStore:
 
     def commit(self, claim: Claim, rows_written: int, rows_rejected: int = 0) -> bool:
         """PROCESSING -> COMMITTED; False if the lease was lost."""
-        stmt = (
-            sa.update(audit_table)
-            .where(self._holding(claim))
-            .values(
-                state=FileState.COMMITTED.value,
-                committed_at=self._now,
-                rows_written=rows_written,
-                rows_rejected=rows_rejected,
-                last_error=None,
-                error_kind=None,
-                updated_at=self._now,
+        if self._commit_stmt is None:
+            self._commit_stmt = (
+                sa.update(audit_table)
+                .where(
+                    _t.pipeline == sa.bindparam("b_pipeline"),
+                    _t.file_hash == sa.bindparam("b_hash"),
+                    _t.state == FileState.PROCESSING.value,
+                    _t.claim_token == sa.bindparam("b_token"),
+                )
+                .values(
+                    state=FileState.COMMITTED.value,
+                    committed_at=self._now,
+                    rows_written=sa.bindparam("b_rows"),
+                    rows_rejected=sa.bindparam("b_rejected"),
+                    last_error=None,
+                    error_kind=None,
+                    updated_at=self._now,
+                )
+                .returning(_t.file_hash)
             )
-            .returning(_t.file_hash)
-        )
-        if len(self._execute(stmt)) == 1:
+        stmt = self._commit_stmt
+        params = {
+            "b_pipeline": claim.pipeline, "b_hash": claim.file_hash, "b_token": claim.token,
+            "b_rows": rows_written, "b_rejected": rows_rejected,
+        }
+        if len(self._execute(stmt, params)) == 1:
             return True
         # A retried statement may have committed the first time: that is still a success.
         row = self.get(claim.pipeline, claim.file_hash)
@@ -576,5 +604,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout = 30000")
     cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = FULL")
+    # NORMAL, not FULL: in WAL mode a commit still survives any process crash; only an OS crash
+    # or power loss can undo the last commits. The audit table then falls back to an earlier
+    # state that the next runs repair (a lost COMMITTED or claim is reclaimed and the file
+    # rewritten idempotently; a write fenced by a lost token waits one stale timeout). The
+    # destination keeps FULL and commits first, so COMMITTED always means durable rows.
+    cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()

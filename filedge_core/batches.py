@@ -32,8 +32,12 @@ REJECT_SCHEMA = {
 }
 
 
+_NO_REJECTS = pl.DataFrame(schema=REJECT_SCHEMA)
+
+
 def no_rejects() -> pl.DataFrame:
-    return pl.DataFrame(schema=REJECT_SCHEMA)
+    """An empty rejects frame (one shared instance: frames are never modified in place)."""
+    return _NO_REJECTS
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ Casting and validation run as polars expressions, never per row in Python."""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +16,8 @@ from .errors import DataError
 
 MISSING, INVALID = 1, 2  # problem codes: a required value is empty; a value is not of its type
 
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_TRUE_WORDS = ["true", "1", "yes"]
+_FALSE_WORDS = ["false", "0", "no"]
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M")
 
 
@@ -50,22 +53,57 @@ def _fast_datetime(stripped: pl.Expr, fmt: str, aware: bool) -> pl.Expr:
     return stripped.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
 
 
-def datetime_series(raw: pl.Series) -> pl.Series:
-    """A string column as UTC datetimes (null where unreadable), fast when its format is uniform."""
-    frame = raw.to_frame("v").select(pl.col("v").str.strip_chars())
-    sample = frame.filter(pl.col("v") != "").head(1)
-    general = _parse_datetime(pl.col("v"))
-    if sample.height:
+_FAST_PATTERNS = {
+    fmt: re.compile(pattern)
+    for fmt, pattern in (
+        ("%Y-%m-%dT%H:%M:%SZ", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"),
+        ("%Y-%m-%dT%H:%M:%S%.fZ", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z"),
+        ("%Y-%m-%dT%H:%M:%S%:z", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"),
+        ("%Y-%m-%dT%H:%M:%S%.f%:z", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d"),
+        ("%Y-%m-%d %H:%M:%S", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"),
+        ("%Y-%m-%d %H:%M:%S%.f", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+"),
+        ("%Y-%m-%dT%H:%M:%S", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"),
+        ("%Y-%m-%d %H:%M:%S%:z", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d"),
+    )
+}
+
+
+def _first_value(raw: pl.Series) -> str | None:
+    """The column's first non-empty value (stripped), or None."""
+    for value in raw.head(64).to_list():
+        if value is not None and value.strip():
+            return value.strip()
+    rest = raw.filter(raw.str.strip_chars() != "").head(1)
+    return rest[0].strip() if rest.len() else None
+
+
+def datetime_expr(raw: pl.Series) -> tuple[pl.Expr, bool]:
+    """The cast of a datetime column without ``format``: with the one fast format its first
+    value is written in when there is one (``True``; values it does not read must then be
+    re-read by ``reparse_datetimes``), else every accepted form in turn (``False``)."""
+    stripped = pl.col(raw.name).str.strip_chars()
+    sample = _first_value(raw)
+    if sample is not None:
         for fmt, aware in _FAST_DATETIME_FORMATS:
-            if sample.select(_fast_datetime(pl.col("v"), fmt, aware)).item() is None:
-                continue
-            fast = frame.select(_fast_datetime(pl.col("v"), fmt, aware)).to_series()
-            left = (fast.is_null() & frame["v"].is_not_null() & (frame["v"] != "")).arg_true()
-            if left.len():
-                slow = frame[left].select(general).to_series()
-                fast = fast.scatter(left, slow)
-            return fast.alias(raw.name)
-    return frame.select(general).to_series().alias(raw.name)
+            if _FAST_PATTERNS[fmt].fullmatch(sample):
+                return _fast_datetime(stripped, fmt, aware), True
+    return _parse_datetime(stripped), False
+
+
+def reparse_datetimes(raw: pl.Series, fast: pl.Series) -> pl.Series:
+    """``fast`` with the values its single format left NULL read by the general parser."""
+    left = (fast.is_null() & raw.is_not_null() & (raw.str.strip_chars() != "")).arg_true()
+    if not left.len():
+        return fast
+    slow = raw.gather(left).to_frame("v").select(_parse_datetime(pl.col("v").str.strip_chars())).to_series()
+    return fast.scatter(left, slow)
+
+
+def datetime_series(raw: pl.Series) -> pl.Series:
+    """A string column as UTC datetimes (null where unreadable)."""
+    expr, fast = datetime_expr(raw)
+    parsed = raw.to_frame().select(expr.alias(raw.name)).to_series()
+    return reparse_datetimes(raw, parsed) if fast else parsed
 
 
 def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
@@ -80,7 +118,8 @@ def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
         value = stripped.cast(pl.Float64, strict=False)
         return pl.when(value.is_nan() | value.is_infinite()).then(None).otherwise(value)
     if column.type == "bool":
-        return stripped.str.to_lowercase().replace_strict(_BOOL_WORDS, default=None, return_dtype=pl.Boolean)
+        lower = stripped.str.to_lowercase()
+        return pl.when(lower.is_in(_TRUE_WORDS)).then(True).when(lower.is_in(_FALSE_WORDS)).then(False)
     if column.type == "decimal":
         assert column.precision is not None and column.scale is not None
         # polars would cut extra fraction digits off silently: such values are rejected instead.
@@ -96,6 +135,18 @@ def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
             return stripped.str.to_datetime(column.format, strict=False, time_zone="UTC", time_unit="us")
         return stripped.str.to_datetime(column.format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
     raise AssertionError(column.type)  # config validation makes this unreachable
+
+
+@functools.lru_cache(maxsize=1024)
+def _cast_expr(column: ColumnSpec) -> pl.Expr:
+    """``_convert`` of the column's source, built once per column (building costs more than
+    evaluating it on a small file)."""
+    return _convert(column, pl.col(column.source))
+
+
+@functools.lru_cache(maxsize=1024)
+def _empty_column(name: str) -> pl.Expr:
+    return _empty(pl.col(name))
 
 
 def _empty(raw: pl.Expr) -> pl.Expr:
@@ -137,21 +188,66 @@ def validate(
     frame: pl.DataFrame, columns: Sequence[ColumnSpec], limit: int | None = None
 ) -> Validated:
     """Cast the raw frame to the configured columns (empty values take their ``default``) and
-    find the bad values: a required value missing, or a value that is not of its type."""
+    find the bad values: a required value missing, or a value that is not of its type.
+
+    Two polars calls when every value is good (the cast; one check of all columns): polars'
+    fixed cost per call, not the values, is what small files pay for."""
     defaults = [c for c in columns if c.default is not None]
     if defaults:
         frame = frame.with_columns(
             pl.when(_empty(pl.col(c.source))).then(pl.lit(c.default)).otherwise(pl.col(c.source)).alias(c.source)
             for c in defaults
         )
-    typed = frame.select(
-        datetime_series(frame[c.source]).alias(c.dest)
-        if c.type == "datetime" and c.format is None
-        else _convert(c, pl.col(c.source)).alias(c.dest)
-        for c in columns
-    )
-    if not _may_have_problems(frame, typed, columns):
+    exprs, fast_datetimes = [], []
+    for i, c in enumerate(columns):
+        if c.type == "datetime" and c.format is None:
+            expr, fast = datetime_expr(frame[c.source])
+            if fast:
+                fast_datetimes.append(i)
+        else:
+            expr = _cast_expr(c)
+        exprs.append(expr.alias(f"__typed{i}"))
+    combined = frame.with_columns(exprs)
+    flags = _problem_flags(combined, columns)
+    for i in fast_datetimes:
+        if flags[i]:  # values the column's first format did not read: try every form
+            c = columns[i]
+            fixed = reparse_datetimes(frame[c.source], combined[f"__typed{i}"])
+            combined = combined.with_columns(fixed.alias(f"__typed{i}"))
+            flags = _problem_flags(combined, columns)
+    typed = combined.select(pl.col(f"__typed{i}").alias(c.dest) for i, c in enumerate(columns))
+    if not any(flags):
         return Validated(typed, None, pl.DataFrame(schema=PROBLEM_SCHEMA))
+    return Validated(typed, *_problems(frame, typed, columns, limit))
+
+
+def _problem_flags(combined: pl.DataFrame, columns: Sequence[ColumnSpec]) -> list[bool]:
+    """Per column, whether any value is bad: a NULL after the cast where the input was not
+    empty, or an empty required value.
+
+    An empty value casts to NULL in every typed column, so a typed column without NULLs (a
+    count polars keeps) is fine without looking at its values; the rest take one polars call."""
+    flags = [False] * len(columns)
+    checks = {}
+    for i, column in enumerate(columns):
+        empty = _empty_column(column.source)
+        if column.type == "string":
+            if column.required:
+                checks[i] = empty.any()
+        elif combined[f"__typed{i}"].null_count():
+            check = (~empty & pl.col(f"__typed{i}").is_null()).any()
+            checks[i] = check | empty.any() if column.required else check
+    if checks:
+        found = combined.select(check.alias(f"__flag{i}") for i, check in checks.items()).row(0)
+        for i, flag in zip(checks, found):
+            flags[i] = bool(flag)
+    return flags
+
+
+def _problems(
+    frame: pl.DataFrame, typed: pl.DataFrame, columns: Sequence[ColumnSpec], limit: int | None
+) -> tuple[pl.Series, pl.DataFrame]:
+    """Which rows are bad, and one row per bad value (at most ``limit`` rows' worth)."""
     codes = []
     for column in columns:
         empty = _empty(frame[column.source])
@@ -191,22 +287,7 @@ def validate(
         .drop("__order")
         .cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
     )
-    return Validated(typed, bad, problems)
-
-
-def _may_have_problems(frame: pl.DataFrame, typed: pl.DataFrame, columns: Sequence[ColumnSpec]) -> bool:
-    """Cheap column totals: a bad value shows as more nulls after the cast than empty inputs
-    before it; a missing required value as any empty input. Only then are rows examined."""
-    totals = frame.select(
-        *(_empty(pl.col(c.source)).sum().alias(f"e{i}") for i, c in enumerate(columns)),
-    ).row(0)
-    for i, column in enumerate(columns):
-        empties = totals[i]
-        if column.required and empties:
-            return True
-        if column.type != "string" and typed[column.dest].null_count() > empties:
-            return True
-    return False
+    return bad, problems
 
 
 def reason(column: ColumnSpec, code: int, value: str | None, quoted: bool = True) -> str:

@@ -96,32 +96,57 @@ class RunSummary:
 
 
 class Heartbeat:
-    """Renews a lease in the background while its file is processed."""
+    """Renews one lease in the background while its file is processed.
+
+    All leases of a process share one background thread, started on first use: starting a
+    thread per file cost more than a small file's whole load."""
+
+    _condition = threading.Condition()
+    _active: set["Heartbeat"] = set()
+    _thread: threading.Thread | None = None
 
     def __init__(self, audit: AuditStore, claim: Claim, interval_s: float) -> None:
         self.audit = audit
         self.claim = claim
         self.interval_s = interval_s
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="filedge-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if not self.audit.heartbeat(self.claim):
-                    self.lost = True
-                    return
-            except FiledgeError:
-                continue  # the audit DB may come back before the lease goes stale
+        self.due = 0.0
 
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        cls = type(self)
+        with cls._condition:
+            self.due = time.monotonic() + self.interval_s
+            cls._active.add(self)
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._run, name="filedge-heartbeat", daemon=True)
+                cls._thread.start()
+            cls._condition.notify()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        with type(self)._condition:
+            type(self)._active.discard(self)
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            with cls._condition:
+                now = time.monotonic()
+                due = [beat for beat in cls._active if beat.due <= now]
+                if not due:
+                    wait = min((beat.due for beat in cls._active), default=now + 3600) - now
+                    cls._condition.wait(timeout=max(wait, 0.001))
+                    continue
+                for beat in due:
+                    beat.due = now + beat.interval_s
+            for beat in due:  # outside the lock: a renewal is a database round trip
+                try:
+                    if not beat.audit.heartbeat(beat.claim):
+                        beat.lost = True
+                        with cls._condition:
+                            cls._active.discard(beat)
+                except FiledgeError:
+                    continue  # the audit DB may come back before the lease goes stale
 
 
 def heartbeat_interval(config: PipelineConfig) -> float:
@@ -304,8 +329,9 @@ def work(
     connector = open_connector(config)
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
+        config_hash = config.config_hash
         for item in items:
-            claim = audit.claim(config.name, item.file_hash, worker, config.retry_cap, config.config_hash)
+            claim = audit.claim(config.name, item.file_hash, worker, config.retry_cap, config_hash)
             if claim is None:  # another worker got there first
                 summary.skipped += 1
                 continue

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 
 from filedge_core.audit import AuditStore
 from filedge_core.config import load_pipeline
-from filedge_core.runner import RunSummary, scan_directory
 from filedge_core.scan import hash_file, list_candidates
 
 from . import data
@@ -39,7 +38,6 @@ def make(incoming: str, config_path: str, audit_url: str, files: int) -> None:
     _commit_all(audit, config.name)
     cache = {str(c.path): c for c in list_candidates(directory)}
     audit.remember_hashes(config.name, [(path, cache[path].fingerprint, h) for h, path, _ in found])
-    scan_directory(directory, config, RunSummary(), audit)  # a scan finds every hash in the cache
     audit.dispose()
 
 

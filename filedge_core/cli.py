@@ -211,10 +211,10 @@ def validate(config_path: str, directory: str | None) -> None:
                     pass
         except FiledgeError as exc:
             failed += 1
-            click.echo(f"FAILED {candidate.path.name}: {exc}")
+            click.echo(f"FAILED {candidate.name}: {exc}")
         else:
             rejected = f", {batches.rows_rejected} rejected" if batches.rows_rejected else ""
-            click.echo(f"OK {candidate.path.name} {batches.rows_written} rows{rejected}")
+            click.echo(f"OK {candidate.name} {batches.rows_written} rows{rejected}")
     sys.exit(1 if failed else 0)
 
 

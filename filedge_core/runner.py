@@ -4,21 +4,26 @@ The command line and the Dagster asset both call these functions; neither re-imp
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from .audit import AuditStore, Claim, ErrorKind, FileState
-from .batches import FileBatches
 from .config import PipelineConfig
-from .connectors import Connector, FileWrite, open_connector
 from .errors import FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
 from .scan import Candidate, hash_file, list_candidates
-from .source import open_snapshot
+
+if TYPE_CHECKING:
+    from .connectors import Connector
+
+# Reading and writing import polars and the database drivers: only when a file needs work, so
+# that a run over files that are all committed starts fast.
 
 # A file changed within this window could change again without its mtime or ctime moving
 # (coarse file-system clocks): it is hashed on every scan until it has settled.
@@ -175,6 +180,10 @@ def process_claim(
                 raise LeaseLost("lease lost while the file was read; another worker owns it now")
 
         try:
+            from .batches import FileBatches
+            from .connectors import FileWrite
+            from .source import open_snapshot
+
             checkpoint("after_claim")
             with open_snapshot(path, claim.file_hash) as snapshot:
                 batches = FileBatches(snapshot, config, check=still_ours)
@@ -217,42 +226,40 @@ def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -
     return "failed"
 
 
-@dataclass(frozen=True)
-class ScannedFile:
-    """A candidate and its content hash."""
+class ScannedFile(NamedTuple):
+    """A candidate and its content hash. ``cached``: the hash came from the stat cache (so it
+    is registered); ``settled``: unchanged for long enough to be cached."""
 
     candidate: Candidate
     file_hash: str
+    cached: bool = False
+    settled: bool = False
 
 
 def scan_directory(
     directory: str | os.PathLike[str], config: PipelineConfig, summary: RunSummary, audit: AuditStore | None = None
 ) -> list[ScannedFile]:
     """Hash every candidate file (through the audit's stat cache when given); unreadable files
-    become warnings and failures."""
+    become warnings and failures. The cache is not written here: see ``plan_run``."""
     cache = audit.cached_hashes(config.name) if audit is not None else {}
-    fresh: list[tuple[str, tuple[int, int, int, int], str]] = []
     settled_before_ns = time.time_ns() - STAT_CACHE_SETTLE_NS
     scanned = []
+    cached_file, lookup, append = ScannedFile, cache.get, scanned.append
     for candidate in list_candidates(directory, config.include, config.exclude):
-        key = str(candidate.path)
-        cached = cache.get(key)
-        if cached is not None and cached[0] == candidate.fingerprint:
-            scanned.append(ScannedFile(candidate, cached[1]))
+        hit = lookup(candidate.location)
+        if hit is not None and hit[0] == candidate[1:]:  # the fingerprint
+            append(cached_file(candidate, hit[1], True))
             continue
         try:
-            file_hash = hash_file(candidate.path)
+            file_hash = hash_file(candidate.location)
         except FileNotFoundError:
             continue  # removed since it was listed: nothing to load
         except OSError as exc:
             summary.failed += 1
-            summary.warnings.append(f"{candidate.path}: cannot read: {exc.strerror or exc}")
+            summary.warnings.append(f"{candidate.location}: cannot read: {exc.strerror or exc}")
             continue
-        scanned.append(ScannedFile(candidate, file_hash))
-        if max(candidate.mtime_ns, candidate.ctime_ns) < settled_before_ns:
-            fresh.append((key, candidate.fingerprint, file_hash))
-    if audit is not None:
-        audit.remember_hashes(config.name, fresh)
+        settled = max(candidate.mtime_ns, candidate.ctime_ns) < settled_before_ns
+        scanned.append(ScannedFile(candidate, file_hash, settled=settled))
     return scanned
 
 
@@ -275,6 +282,18 @@ class RunPlan:
 
 def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore) -> RunPlan:
     """Scan, reclaim stale leases, register new hashes; return the files that need work."""
+    # A scan makes a few objects per file and frees none: the cyclic GC would walk them all
+    # again and again (a third of a 100,000-file scan's time).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _plan_run(config, directory, audit)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore) -> RunPlan:
     summary = RunSummary()
     audit.ensure_schema()
     scanned = scan_directory(directory, config, summary, audit)
@@ -290,29 +309,49 @@ def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: A
 
     by_hash: dict[str, list[ScannedFile]] = {}
     for item in scanned:
-        by_hash.setdefault(item.file_hash, []).append(item)
-    first_seen = [(h, str(items[0].candidate.path), items[0].candidate.size) for h, items in by_hash.items()]
+        same = by_hash.get(item.file_hash)
+        if same is None:
+            by_hash[item.file_hash] = [item]
+        else:
+            same.append(item)
+    # A cached hash is registered already (see AuditStore.cached_hashes): only the others are.
+    first_seen = [
+        (h, items[0].candidate.location, items[0].candidate.size)
+        for h, items in by_hash.items()
+        if not items[0].cached and not any(item.cached for item in items)
+    ]
     summary.new = len(audit.register_many(config.name, first_seen, config.config_hash))
+    # Cached only once registered: a cached hash never needs registering (a crash in between
+    # leaves the file uncached, so it is hashed and registered again next time).
+    audit.remember_hashes(
+        config.name,
+        [(i.candidate.location, i.candidate.fingerprint, i.file_hash) for i in scanned if i.settled and not i.cached],
+    )
 
-    known = audit.rows_for(config.name, list(by_hash))
+    open_rows = audit.open_rows(config.name)  # a hash without an open row is COMMITTED
+    # Every file whose hash has no open row needs no work; only the others are looked at.
+    summary.skipped += sum(len(items) for h, items in by_hash.items() if h not in open_rows)
     todo = []
-    for file_hash, items in by_hash.items():
-        row = known.get(file_hash)
-        path = str(items[0].candidate.path)
+    for file_hash, row in open_rows.items():
+        items = by_hash.get(file_hash)
+        if items is None:
+            continue  # not in this directory now
+        path = items[0].candidate.location
         if file_hash in failed_now:
             summary.skipped += len(items) - 1  # counted as failed above
-        elif row is not None and row.claimable(config.retry_cap):
+        elif row.claimable(config.retry_cap):
             if row.path != path and not os.path.exists(row.path):
                 audit.relocate(config.name, file_hash, row.path, path)  # moved or renamed
             todo.append(WorkItem(file_hash, path))
             summary.skipped += len(items) - 1  # the same bytes under other names
         else:
             summary.skipped += len(items)
-            if row is not None and row.state == FileState.FAILED.value:
+            if row.state == FileState.FAILED.value:
                 summary.warnings.append(
-                    f"{items[0].candidate.path}: FAILED after {row.attempts} attempt(s), needs "
+                    f"{path}: FAILED after {row.attempts} attempt(s), needs "
                     f"`filedge requeue --hash {file_hash[:12]}`: {row.last_error}"
                 )
+    todo.sort(key=lambda item: item.path)  # in name order, as the directory lists them
     return RunPlan(summary, todo, list(by_hash))
 
 
@@ -325,6 +364,8 @@ def work(
     on_result: Callable[[FileResult], None] | None = None,
 ) -> RunSummary:
     """Claim and load each item that no other worker holds; add the outcomes to ``summary``."""
+    from .connectors import open_connector
+
     worker = worker or worker_id()
     connector = open_connector(config)
     try:

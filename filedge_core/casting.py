@@ -122,10 +122,12 @@ def _convert(column: ColumnSpec, raw: pl.Expr) -> pl.Expr:
         return pl.when(lower.is_in(_TRUE_WORDS)).then(True).when(lower.is_in(_FALSE_WORDS)).then(False)
     if column.type == "decimal":
         assert column.precision is not None and column.scale is not None
-        # polars would cut extra fraction digits off silently: such values are rejected instead.
+        # Plain digits only (an exponent would let polars round 1.5e-5 to 0.00), and polars
+        # would cut extra fraction digits off silently: such values are rejected instead.
+        plain = stripped.str.contains(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
         digits = stripped.str.extract(r"\.(\d+)", 1).str.len_chars()
         value = stripped.cast(pl.Decimal(column.precision, column.scale), strict=False)
-        return pl.when(digits > column.scale).then(None).otherwise(value)
+        return pl.when(~plain | (digits > column.scale)).then(None).otherwise(value)
     if column.type == "date":
         return stripped.str.to_date(column.format or "%Y-%m-%d", strict=False)
     if column.type == "datetime":

@@ -21,6 +21,8 @@ from .errors import DataError
 from .source import Chunk, Readable, TextChunks
 
 RAW_PREVIEW_CHARS = 1000  # a malformed record is kept in the rejects table up to this length
+# Python's csv refuses fields over 128 KiB by default; records are bounded by the chunker.
+csv.field_size_limit(2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -122,17 +124,25 @@ class CsvReader(FormatReader):
     def _first(self) -> str:
         return "the header" if self.config.csv.has_header else "the first row"
 
-    def _structure_problem(self, chunk: Chunk, width: int | None) -> str | None:
+    def _records(self, chunk: Chunk, header_here: bool) -> Iterator[tuple[int, list[str]]]:
+        """The chunk's records with their lines; blank lines before a header are skipped, as
+        polars skips them."""
+        records = csv_records(chunk, self.config)
+        if header_here:
+            for line, fields in records:
+                if fields:
+                    yield line, fields
+                    break
+        yield from records
+
+    def _structure_problem(self, chunk: Chunk, width: int | None, header_here: bool) -> str | None:
         """The first record whose field count differs, or whose quoting is broken."""
-        for line, row in csv_records(chunk, self.config):
+        for line, row in self._records(chunk, header_here):
             if width is None:
                 width = len(row)
             elif len(row) != width:
                 return f"line {line}: {_fields(len(row))}, but {self._first()} has {width}"
         return None
-
-    def _diagnose(self, chunk: Chunk, width: int | None) -> str | None:
-        return invalid_utf8(chunk.data, chunk.first_line) or self._structure_problem(chunk, width)
 
     def _complete(self, chunk: Chunk, frame: pl.DataFrame, header_here: bool) -> bool:
         """Whether every record has all its fields (polars pads short ones with "").
@@ -153,7 +163,7 @@ class CsvReader(FormatReader):
         values: list[list[str]] = [[] for _ in names]
         rows, lines, rejects = [], [], []
         index = row_offset
-        records = csv_records(chunk, self.config)
+        records = self._records(chunk, header_here)
         if header_here:
             next(records, None)
         for line, fields in records:
@@ -202,7 +212,7 @@ class CsvReader(FormatReader):
                 utf8 = invalid_utf8(chunk.data, chunk.first_line)
                 if utf8:
                     raise DataError(utf8)
-                problem = self._structure_problem(chunk, len(names) if names else None)
+                problem = self._structure_problem(chunk, len(names) if names else None, header_here)
                 if problem is not None and not (self.quarantine and names):
                     raise DataError(problem)
                 if problem is None and frame is None:
@@ -221,7 +231,7 @@ class CsvReader(FormatReader):
         """The column names: the header's (as polars read it) or ``column_1``..."""
         if frame is not None:
             return list(frame.columns) if header_here else [f"column_{i + 1}" for i in range(frame.width)]
-        first = next(csv_records(chunk, self.config), None)
+        first = next(self._records(chunk, header_here), None)
         if first is None:
             return []
         fields = first[1]
@@ -245,8 +255,11 @@ class CsvReader(FormatReader):
         start = 1 if batch.header_here else 0
         quote = self.config.csv.quote_char
         if quote is None or quote.encode() not in chunk.data:
-            return [chunk.first_line + start + i for i in local]  # one record per line
-        starts = [line for line, _ in csv_records(chunk, self.config)][start:]
+            # one record per line, after the header and any blank lines before it
+            blank = chunk.data[: len(chunk.data) - len(chunk.data.lstrip(b"\r\n"))].count(b"\n")
+            first = chunk.first_line + start + (blank if batch.header_here else 0)
+            return [first + i for i in local]
+        starts = [line for line, _ in self._records(chunk, batch.header_here)][start:]
         batch.lines = starts
         return [starts[i] if i < len(starts) else None for i in local]
 
@@ -298,17 +311,32 @@ class JsonlReader(FormatReader):
             record = json.loads(line, parse_float=str, parse_int=str, parse_constant=str)  # type: ignore[attr-defined]
         except ValueError as exc:
             raise DataError(f"line {number}: invalid JSON: {exc}") from None
+        except RecursionError:
+            raise DataError(f"line {number}: invalid JSON: nested too deeply") from None
         if not isinstance(record, dict):
             raise DataError(f"line {number}: expected a JSON object, found {type(record).__name__}")
         out: dict[str, str | None] = {}
+        escapes = b"\\u" in line  # only \u escapes can make text no database stores
         for key in keys:
             value = record.get(key)
             if isinstance(value, bool):
                 value = "true" if value else "false"
             elif isinstance(value, (dict, list)):
                 raise DataError(f"line {number}: key {key!r} holds a nested value; only scalars can be loaded")
+            elif escapes and isinstance(value, str):
+                _check_text(value, key, number)
             out[key] = value
         return out
+
+
+def _check_text(value: str, key: str, number: int) -> None:
+    """A JSON string a database can store: no NUL character, no lone UTF-16 surrogate."""
+    if "\x00" in value:
+        raise DataError(f"line {number}: key {key!r} holds a NUL character (\\u0000), which databases cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"line {number}: key {key!r} holds an unpaired surrogate escape (e.g. \\ud800)") from None
 
 
 # -- Parquet ----------------------------------------------------------------------------------

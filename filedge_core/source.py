@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 from .errors import DataError, FileChanged, TransientError
 
-DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
+MAX_RECORD_BYTES = 64 * 1024 * 1024
 _READ_PIECE = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -41,7 +41,7 @@ class Snapshot(io.RawIOBase):
         self.name = name
         self.expected = expected
         self._sha = hashlib.sha256()
-        self._verified = False
+        self._at_end = False  # the end was reached (and the hash checked): no byte may follow
 
     def readable(self) -> bool:
         return True
@@ -49,21 +49,22 @@ class Snapshot(io.RawIOBase):
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         n = self._handle.readinto(buffer)
         if n:
+            if self._at_end:  # bytes after the end that was checked: the file grew
+                raise FileChanged(f"{self.name}: file grew while being read")
             self._sha.update(memoryview(buffer)[:n])
         else:
             self._verify()
+            self._at_end = True
         return n
 
     def _verify(self) -> None:
-        if self._verified or self.expected is None:
-            return
-        if self._sha.hexdigest() != self.expected:
+        if self.expected is not None and self._sha.hexdigest() != self.expected:
             raise FileChanged(f"{self.name}: file changed while being read (content hash differs)")
-        self._verified = True
 
     def finish(self) -> None:
         """Read whatever is left and check the hash (``FileChanged`` if it differs)."""
-        while self.read(_READ_PIECE):
+        buffer = memoryview(bytearray(_READ_PIECE))
+        while self.readinto(buffer):
             pass
         self._verify()
 
@@ -182,23 +183,25 @@ def _line_of(data: bytes, offset: int, first_line: int) -> int:
     return first_line + data.count(b"\n", 0, offset)
 
 
-def record_boundary(buffer: bytes | bytearray, quote: bytes | None) -> int:
+def record_boundary(buffer: bytes | bytearray, quote: bytes | None, start: int = 0, parity: int = 0) -> int:
     """Offset just after the last newline that ends a record (outside quotes); -1 if none.
 
     Quote characters toggle quoting (an escaped quote is a pair), so a newline ends a record
-    exactly when the quotes before it are even in number: polars splits a file the same way."""
+    exactly when the quotes before it are even in number: polars splits a file the same way.
+    Only newlines from ``start`` on are candidates; ``parity``: of the quotes before it (so a
+    growing buffer is scanned once, not again at every read)."""
     end = len(buffer)
-    position = buffer.rfind(b"\n")
+    position = buffer.rfind(b"\n", start)
     if quote is None or position < 0:
         return position + 1 if position >= 0 else -1
-    total = buffer.count(quote)
+    total = parity + buffer.count(quote, start)
     after = 0
-    while position >= 0:
+    while position >= start:
         after += buffer.count(quote, position, end)
         end = position
         if (total - after) % 2 == 0:
             return position + 1
-        position = buffer.rfind(b"\n", 0, position)
+        position = buffer.rfind(b"\n", start, position)
     return -1
 
 
@@ -209,7 +212,7 @@ def _trim_blank_tail(buffer: bytes | bytearray, cut: int) -> int:
     while body and buffer[body - 1] in b"\r\n":
         body -= 1
     if body == 0:
-        return cut
+        return 0  # nothing but blank lines yet: whether they end the file is not known
     newline = buffer.find(b"\n", body)
     return cut if newline < 0 else newline + 1
 
@@ -229,6 +232,8 @@ class TextChunks:
         self.quote = quote
         self.batch_bytes = max(1, batch_bytes)
         self.skip_rows = skip_rows
+        # One record may make a batch longer, up to this: past it, it is a broken file.
+        self.max_record_bytes = max(8 * self.batch_bytes, MAX_RECORD_BYTES)
 
     def _read(self, line: int, first: bool) -> bytes:
         data = self.stream.read(max(self.batch_bytes, len(_BOM)) if first else self.batch_bytes)
@@ -264,6 +269,7 @@ class TextChunks:
         if self.skip_rows and not eof:
             pending, line, eof = self._skip(pending, line)
         first = True
+        scanned = parity = 0  # how much of pending holds no record end, and its quotes' parity
         while True:
             while not eof and len(pending) < self.batch_bytes:
                 more = self._read(line + pending.count(b"\n"), False)
@@ -276,21 +282,33 @@ class TextChunks:
                 end = len(text)
                 while end and text[end - 1] in b"\r\n":
                     end -= 1
-                if text.count(b"\n", end) > 1:
+                if end == 0:
+                    text = b""  # only blank lines left: they end the file, they are not records
+                elif text.count(b"\n", end) > 1:
                     text = text[:end] + b"\n"  # blank lines at the end are not records
                 yield Chunk(text, line, first, True)
                 return
-            cut = record_boundary(pending, self.quote)
-            if cut <= 0:  # one record longer than a batch: read on until it ends
+            cut = record_boundary(pending, self.quote, scanned, parity)
+            if cut > 0:
+                cut = _trim_blank_tail(pending, cut)
+            if cut <= 0:  # one record longer than a batch (or only blank lines): read on
+                if len(pending) > self.max_record_bytes:
+                    raise DataError(
+                        f"line {line}: a record longer than {self.max_record_bytes >> 20} MiB "
+                        "(is a quote never closed?)"
+                    )
+                if self.quote is not None:
+                    parity = (parity + pending.count(self.quote, scanned)) % 2
+                scanned = len(pending)
                 more = self._read(line + pending.count(b"\n"), False)
                 if more:
                     pending += more
                 else:
                     eof = True
                 continue
-            cut = _trim_blank_tail(pending, cut)
             text = bytes(pending[:cut])
             del pending[:cut]
+            scanned = parity = 0
             yield Chunk(text, line, first, False)
             line += text.count(b"\n")
             first = False

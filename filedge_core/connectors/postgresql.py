@@ -7,8 +7,9 @@ under; see ``PostgresConnector.write`` for why that makes a zombie writer harmle
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from itertools import repeat
 from typing import IO
@@ -18,6 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ..batches import Batch
 from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
@@ -38,9 +40,12 @@ COPY_CHUNK_ROWS = 100_000  # rows encoded and sent per piece of the COPY stream
 REJECT_SPOOL_BYTES = 8 << 20  # quarantined rows wait in memory up to this, then in a temp file
 CONNECT_TIMEOUT_SECONDS = 10
 # A writer stopped between two statements of its transaction would hold the ledger row lock
-# forever; the server ends such a session after this long (our statements follow each other
-# at once, and the COPY itself counts as active, not idle).
+# forever; the server ends such a session after this long (from the guard on, our statements
+# follow each other at once; the COPY itself counts as active, not idle).
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+# Before the guard the transaction holds no lock another writer needs, but it may wait for the
+# file between two COPYs (a batch with no good row, a change of COPY format): a longer bound.
+READING_IDLE_TIMEOUT_MS = 15 * 60_000
 # pg_advisory_xact_lock key serializing filedge's DDL in a database ("filedge1" as a bigint).
 DDL_LOCK_KEY = int.from_bytes(b"filedge1", "big")
 
@@ -485,9 +490,18 @@ class PostgresConnector:
         key = (request.pipeline, request.file_hash)
         mode = self.config.write_mode
         self._checkpoint_due = True
+        # The first batch is read before the transaction opens: a file that fits in one batch
+        # (most) is read and validated without a transaction waiting on it.
+        batches = request.batches()
+        first = next(batches, None)
         try:
             with self._errors(), conn.transaction():
                 cur = conn.cursor()
+                cur.execute(
+                    sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(
+                        sql.Literal(READING_IDLE_TIMEOUT_MS)
+                    )
+                )
                 # (a) early, non-locking check
                 found = cur.execute(
                     sql.SQL("SELECT claim_token FROM {} WHERE pipeline = %s AND file_hash = %s").format(
@@ -502,7 +516,12 @@ class PostgresConnector:
                     self._check_snapshot(cur, request)  # early: an old snapshot is not even read
                 # (b) all rows, tagged (upsert: into a private staging table first)
                 target = self._stage(cur) if mode == "upsert" else self.table
-                rows = self._copy(cur, target, request)
+                rows = self._copy(cur, target, itertools.chain([first] if first else [], batches), request)
+                cur.execute(
+                    sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(
+                        sql.Literal(IDLE_IN_TRANSACTION_TIMEOUT_MS)
+                    )
+                )
                 if mode == "replace":
                     # One replacing writer at a time per table; its snapshot must still be the newest.
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"filedge:{self.config.dest_table}",))
@@ -640,7 +659,9 @@ class PostgresConnector:
         ).fetchone()
         return int(found[0]) if found else 0
 
-    def _copy(self, cur: psycopg.Cursor, table: sql.Composable, request: FileWrite) -> int:
+    def _copy(
+        self, cur: psycopg.Cursor, table: sql.Composable, batches: Iterable[Batch], request: FileWrite
+    ) -> int:
         """COPY every batch's rows, each with its hash and token; the rows sent.
 
         One COPY stays open across batches, so the server stores one batch while this process
@@ -653,7 +674,7 @@ class PostgresConnector:
         rejects = tempfile.SpooledTemporaryFile(max_size=REJECT_SPOOL_BYTES)
         with rejects, ExitStack() as open_copy:
             current: tuple[object, psycopg.Copy] | None = None
-            for batch in request.batches():
+            for batch in batches:
                 frame = batch.frame
                 if batch.rejects.height:
                     rejects.write(self._reject_csv(batch.rejects, request))

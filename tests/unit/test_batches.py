@@ -127,3 +127,90 @@ def test_config_new_keys() -> None:
     assert upsert.batch_bytes == 4 * 1024 * 1024
     assert upsert.max_rejected_percent == 2.5 and upsert.max_rejected_count is None
     assert upsert.rejected_table == "t_rejected"
+
+
+# -- found by review: each of these once loaded wrong rows or failed a valid file ---------------
+
+
+def test_bytes_appended_after_the_end_was_checked_are_refused(tmp_path: Path) -> None:
+    """The end of the file is checked once; a file that grows after that must not commit."""
+    import gzip as gz
+
+    from filedge_core.source import open_snapshot
+
+    for name, body, extra in (
+        ("f.csv", orders(24), b"999,1.5\n"),
+        ("f.csv.gz", gz.compress(orders(24)), gz.compress(b"999,1.5\n")),
+    ):
+        path = tmp_path / name
+        path.write_bytes(body)
+        grown = []
+
+        def grow() -> None:
+            if not grown:
+                grown.append(True)
+                with path.open("ab") as out:
+                    out.write(extra)
+
+        with pytest.raises(FileChanged), open_snapshot(path, hash_bytes(body)) as snapshot:
+            list(FileBatches(snapshot, config(), 64, check=grow))
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 2, 3, 5, 8, 13, 21, 34, 64, 1 << 20])
+def test_blank_lines_at_the_end_are_never_a_record(batch_bytes: int) -> None:
+    for rows in range(1, 12):
+        for tail in (b"\n", b"\n\n", b"\r\n\r\n", b"\n\n\n\n"):
+            data = orders(rows) + tail
+            assert len(read_file(data, config(), batch_bytes)) == rows, (rows, tail)
+
+
+def test_blank_lines_before_the_header_are_skipped_in_every_mode() -> None:
+    data = b"\nid,amount\n1,1.5\nzz,2.5\n3\n"
+    with pytest.raises(DataError, match=r"^line 5: 1 field, but the header has 2$"):
+        read_file(data, config())
+    with pytest.raises(DataError, match=r"^row 2 \(line 4\), column 'id': 'zz' is not a valid int$"):
+        read_file(data[:-2], config())
+    rejects = [r for b in FileBatches(snapshot_of(data), config(on_error="quarantine")) for r in b.rejects.rows()]
+    assert rejects == [(2, 4, "id", "zz", "not a valid int"), (3, 5, None, "3", "1 field, but the header has 2")]
+
+
+def test_decimals_with_an_exponent_are_refused_not_rounded() -> None:
+    columns = [{"source": "id", "type": "int"}, {"source": "amount", "type": "decimal", "precision": 5, "scale": 2}]
+    cfg = config(columns=columns, on_error="quarantine")
+    batches = list(FileBatches(snapshot_of(b"id,amount\n1,1.5e-5\n2,1.50\n3,1.234e1\n"), cfg))
+    assert [r[0] for b in batches for r in b.frame.rows()] == [2]
+    assert [r[3] for b in batches for r in b.rejects.rows()] == ["1.5e-5", "1.234e1"]
+
+
+def test_long_quoted_fields_load_and_an_unclosed_quote_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from filedge_core import source
+
+    wide = b'id,amount\n1,"' + b"9" * 300_000 + b'"\n2,2.5\n'
+    cfg = config(columns=[{"source": "id", "type": "int"}, {"source": "amount"}])
+    assert read_file(wide, cfg, 1024)["amount"].str.len_chars().to_list() == [300_000, 3]
+    unclosed = b'id,amount\n1,"open\n' + b"".join(b"%d,x\n" % i for i in range(2000))
+    with pytest.raises(DataError, match=r"^line 2: bad quoting: a quoted field is never closed$"):
+        read_file(unclosed, cfg, 1024)
+    monkeypatch.setattr(source, "MAX_RECORD_BYTES", 4096)
+    with pytest.raises(DataError, match=r"^line 2: a record longer than 0 MiB \(is a quote never closed\?\)$"):
+        read_file(unclosed, cfg, 64)
+
+
+def test_hostile_json_lines_are_data_errors() -> None:
+    lines = [
+        b'{"id": 1, "amount": 1.5}',
+        b'{"id": 2, "amount": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"id": 3, "amount": "\\ud800"}',
+        b'{"id": 4, "amount": "1\\u00005"}',
+    ]
+    data = b"\n".join(lines) + b"\n"
+    columns = [{"source": "id", "type": "int"}, {"source": "amount"}]
+    with pytest.raises(DataError, match=r"^line 2: invalid JSON: nested too deeply$"):
+        read_file(data, config(format="jsonl", columns=columns))
+    cfg = config(format="jsonl", columns=columns, on_error="quarantine")
+    rejects = [r[4] for b in FileBatches(snapshot_of(data), cfg) for r in b.rejects.rows()]
+    assert rejects == [
+        "invalid JSON: nested too deeply",
+        "key 'amount' holds an unpaired surrogate escape (e.g. \\ud800)",
+        "key 'amount' holds a NUL character (\\u0000), which databases cannot store",
+    ]

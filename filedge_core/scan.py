@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
-from operator import attrgetter
 import hashlib
 import os
 import stat
 from collections.abc import Sequence
-from typing import NamedTuple
+from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -51,13 +51,28 @@ def is_ignored(name: str, include: Sequence[str], exclude: Sequence[str]) -> boo
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
 
 
+def _entries(directory: str) -> list[tuple[str, str, os.stat_result]]:
+    """(name, path, lstat) of every entry that is not hidden or temporary."""
+    found = []
+    with os.scandir(directory) as listing:
+        for entry in listing:
+            name = entry.name
+            if name[0] == "." or name.endswith(_TEMP_SUFFIXES):
+                continue
+            try:
+                found.append((name, entry.path, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue  # vanished between listing and stat
+    return found
+
+
 def list_candidates(
     directory: str | os.PathLike[str], include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Candidate]:
     """Regular files directly in ``directory`` (symlinks are not followed), sorted by name."""
-    directory = Path(directory).absolute()
+    directory = os.path.abspath(directory)
     try:
-        entries = list(os.scandir(directory))
+        entries = _entries(directory)
     except FileNotFoundError:
         raise ConfigError(f"{directory}: no such directory") from None
     except NotADirectoryError:
@@ -65,18 +80,13 @@ def list_candidates(
     except PermissionError:
         raise ConfigError(f"{directory}: permission denied") from None
     found = []
-    for entry in entries:
-        name = entry.name
-        if name[0] == "." or name.endswith(_TEMP_SUFFIXES) or ((include or exclude) and is_ignored(name, include, exclude)):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # vanished between listing and stat
-        if not stat.S_ISREG(st.st_mode):
+    filtered = bool(include or exclude)
+    is_regular = stat.S_ISREG
+    for name, path, st in entries:
+        if (filtered and is_ignored(name, include, exclude)) or not is_regular(st.st_mode):
             continue
         # Strings, not Paths: a scan of 100,000 files would spend a second building Paths.
-        found.append(Candidate(entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        found.append(Candidate(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     found.sort(key=attrgetter("location"))  # one directory: the order of the names
     return found
 

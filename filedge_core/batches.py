@@ -11,7 +11,9 @@ pipeline's bad-row policy, the one place it is decided:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -214,3 +216,49 @@ def read_file(data: bytes, config: PipelineConfig, batch_bytes: int | None = Non
     and small inputs; loads stream ``FileBatches`` instead."""
     frames = [batch.frame for batch in FileBatches(snapshot_of(data), config, batch_bytes)]
     return pl.concat(frames) if len(frames) != 1 else frames[0]
+
+
+_DONE = object()
+
+
+def read_ahead(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """The same batches, the next one read by a background thread while the caller writes the
+    current one: polars parses without the GIL, so reading overlaps a Python-bound write (the
+    PostgreSQL COPY). One batch ahead at most; an error in reading is raised here, in order."""
+    ahead: queue.Queue[object] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ahead.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put(exc)
+
+    thread = threading.Thread(target=produce, name="filedge-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked producer finish its batch and see the stop
+            try:
+                ahead.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+

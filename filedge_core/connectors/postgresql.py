@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..batches import Batch
+from ..batches import Batch, read_ahead
 from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
 from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
@@ -664,8 +664,9 @@ class PostgresConnector:
     ) -> int:
         """COPY every batch's rows, each with its hash and token; the rows sent.
 
-        One COPY stays open across batches, so the server stores one batch while this process
-        reads and validates the next. Binary format when the types allow (it is the faster of
+        One COPY stays open across batches, and the next batch is read and validated by a
+        background thread (``read_ahead``) while this one is encoded and sent: the server
+        stores, polars parses and Python encodes at the same time. Binary format when the types allow (it is the faster of
         the two, see bench/bench_pg_copy.py), else CSV; a batch that needs the other format
         starts a new COPY. Rejects are spooled and copied after the rows (one COPY at a time)."""
         if self._table_types is None:
@@ -674,7 +675,7 @@ class PostgresConnector:
         rejects = tempfile.SpooledTemporaryFile(max_size=REJECT_SPOOL_BYTES)
         with rejects, ExitStack() as open_copy:
             current: tuple[object, psycopg.Copy] | None = None
-            for batch in batches:
+            for batch in read_ahead(batches):
                 frame = batch.frame
                 if batch.rejects.height:
                     rejects.write(self._reject_csv(batch.rejects, request))

@@ -214,3 +214,26 @@ def test_hostile_json_lines_are_data_errors() -> None:
         "key 'amount' holds an unpaired surrogate escape (e.g. \\ud800)",
         "key 'amount' holds a NUL character (\\u0000), which databases cannot store",
     ]
+
+
+def test_read_ahead_keeps_order_and_raises_in_order() -> None:
+    from filedge_core.batches import read_ahead
+
+    batches = list(FileBatches(snapshot_of(orders(1000)), config(), 100))
+    assert [b.frame["id"][0] for b in read_ahead(iter(batches))] == [b.frame["id"][0] for b in batches]
+
+    def failing():
+        yield batches[0]
+        raise DataError("boom")
+
+    seen = []
+    with pytest.raises(DataError, match="boom"):
+        for batch in read_ahead(failing()):
+            seen.append(batch)
+    assert len(seen) == 1
+    # A consumer that stops early leaves no thread behind.
+    import threading
+
+    for _ in read_ahead(iter(batches)):
+        break
+    assert not [t for t in threading.enumerate() if t.name == "filedge-read-ahead"]

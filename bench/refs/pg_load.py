@@ -7,13 +7,10 @@ import sys
 
 import polars as pl
 import psycopg
+from _common import SCHEMA
 
 path, url = sys.argv[1], sys.argv[2]
-schema = {
-    "id": pl.Int64, "customer": pl.String, "region": pl.String, "qty": pl.Int64, "amount": pl.Float64,
-    "paid": pl.Boolean, "day": pl.String, "created_at": pl.String,
-}
-frame = pl.read_csv(path, schema=schema).with_columns(
+frame = pl.read_csv(path, schema=SCHEMA).with_columns(
     pl.col("day").str.to_date("%Y-%m-%d"),
     pl.col("created_at").str.to_datetime("%Y-%m-%dT%H:%M:%SZ", time_zone="UTC"),
 )

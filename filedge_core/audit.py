@@ -531,6 +531,25 @@ class AuditStore:
         )
         return len(self._execute(stmt)) == 1
 
+    def give_back(self, claim: Claim, reason: str) -> bool:
+        """PROCESSING -> PENDING without charging the attempt (the run was stopped, the file
+        did nothing wrong). The claim token stays: a write of the given-back claim is fenced."""
+        stmt = (
+            sa.update(audit_table)
+            .where(self._holding(claim))
+            .values(
+                state=FileState.PENDING.value,
+                attempts=_t.attempts - 1,
+                claimed_by=None,
+                claimed_at=None,
+                last_error=reason,
+                error_kind=None,
+                updated_at=self._now,
+            )
+            .returning(_t.file_hash)
+        )
+        return len(self._execute(stmt)) == 1
+
     def requeue(self, file_hashes: Sequence[str] | None, pipeline: str | None = None) -> int:
         """FAILED -> PENDING with attempts 0 (all FAILED files when ``file_hashes`` is None)."""
         where = [_t.state == FileState.FAILED.value]

@@ -38,6 +38,12 @@ def handle_errors(func: F) -> F:
             _fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BaseException as exc:
+            from .shutdown import SHUTDOWN, Interrupted
+
+            if not isinstance(exc, Interrupted):
+                raise
+            _fail(f"interrupted: {exc}", SHUTDOWN.exit_code or 130)
         except Exception as exc:  # the last line of defence: no traceback for users
             if os.environ.get("FILEDGE_DEBUG"):
                 raise
@@ -82,13 +88,27 @@ def main() -> None:
     show_default=True,
     help="Worker processes sharing the audit table (one summary line for all).",
 )
+@click.option(
+    "--grace",
+    "grace",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM/SIGINT: how long the file being loaded may take to finish before its lease is given back.",
+)
 @handle_errors
-def run(directory: str, config_path: str, audit_db_url: str, workers: int) -> None:
+def run(directory: str, config_path: str, audit_db_url: str, workers: int, grace: float) -> None:
     """Load every new file in DIR once; reclaim stale leases; retry failed files.
 
     Prints `Committed: N Failed: N Skipped: N New: N Reclaimed: N Retried: N`. Exit code 0 when
     every file is committed or needed no work, 1 when any file failed, 2 for usage or
-    configuration errors."""
+    configuration errors. SIGTERM or SIGINT stops claiming files; the file being loaded gets
+    --grace seconds, then its lease is given back without charging an attempt; the summary is
+    printed and the exit code is 143 (SIGTERM) or 130 (SIGINT)."""
+    from .shutdown import SHUTDOWN, disarm, install
+
+    install(grace)
     from .config import load_pipeline
     from .runner import FileResult, run_pipeline
 
@@ -101,17 +121,18 @@ def run(directory: str, config_path: str, audit_db_url: str, workers: int) -> No
     if workers > 1:
         from .workers import run_parallel
 
-        summary = run_parallel(config, directory, audit_db_url, workers, on_result=report)
+        summary = run_parallel(config, directory, audit_db_url, workers, on_result=report, grace=grace)
     else:
         audit = _audit(audit_db_url)
         try:
             summary = run_pipeline(config, directory, audit, on_result=report)
         finally:
             audit.dispose()
+    disarm()
     for warning in summary.warnings:
         click.echo(f"filedge: warning: {warning}", err=True)
     click.echo(summary.line())
-    sys.exit(summary.exit_code)
+    sys.exit(SHUTDOWN.exit_code or summary.exit_code)
 
 
 @main.command()

@@ -18,6 +18,7 @@ from .config import PipelineConfig
 from .errors import FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
 from .scan import Candidate, hash_file, list_candidates
+from .shutdown import SHUTDOWN, Interrupted
 
 if TYPE_CHECKING:
     from .connectors import Connector
@@ -44,7 +45,8 @@ class FileResult:
 
     ``outcome``: ``committed`` (by this call), ``already_committed`` (nothing to do), ``failed``,
     ``released`` (the file changed while read), ``fenced`` (another worker's newer claim won),
-    ``busy`` (another worker holds a live lease). ``retryable``: a later attempt may succeed.
+    ``busy`` (another worker holds a live lease), ``interrupted`` (the run was stopped; the lease
+    was given back without charging the attempt). ``retryable``: a later attempt may succeed.
     ``note``: what else the user should know (e.g. a snapshot superseded by a newer one)."""
 
     file_hash: str
@@ -95,6 +97,9 @@ class RunSummary:
                 self.warnings.append(f"{result.path}: {result.note}")
         elif result.outcome == "fenced":
             self.skipped += 1  # another worker owns the file now
+            self.warnings.append(f"{result.path}: {result.error}")
+        elif result.outcome == "interrupted":
+            self.skipped += 1  # given back uncharged: the next run loads it
             self.warnings.append(f"{result.path}: {result.error}")
         else:
             self.failed += 1
@@ -208,11 +213,34 @@ def process_claim(
             error = exc
         except Exception as exc:  # an unforeseen failure is retried like a transient one
             error = TransientError(f"internal error: {type(exc).__name__}: {exc}")
+        except (Interrupted, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt) and not SHUTDOWN.requested:
+                _give_back_quietly(audit, claim)
+                raise
+            # The grace period is over, or polars turned the stop's SIGINT into a
+            # KeyboardInterrupt mid-query: the file did nothing wrong.
+            reason = f"interrupted ({exc or 'SIGINT during parsing'}); the lease was given back"
+            audit.give_back(claim, reason)
+            return FileResult(
+                claim.file_hash, path, "interrupted", 0, reason, claim.attempts - 1, time.monotonic() - started, True
+            )
+        except BaseException:  # e.g. a Dagster run termination: give the lease back, then stop
+            _give_back_quietly(audit, claim)
+            raise
     outcome = settle(audit, claim, error, config.retry_cap)
     retryable = error.outcome is not FileOutcome.TERMINAL and claim.attempts < config.retry_cap
     return FileResult(
         claim.file_hash, path, outcome, 0, str(error), claim.attempts, time.monotonic() - started, retryable
     )
+
+
+def _give_back_quietly(audit: AuditStore, claim: Claim) -> None:
+    """Give the lease back on the way out of an interruption (if the audit cannot be reached,
+    the stale timeout reclaims the file later)."""
+    try:
+        audit.give_back(claim, "interrupted; the lease was given back")
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -> str:
@@ -371,7 +399,12 @@ def work(
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
         config_hash = config.config_hash
-        for item in items:
+        for index, item in enumerate(items):
+            if SHUTDOWN.requested:  # stop claiming; what is left waits for the next run
+                left = len(items) - index
+                summary.skipped += left
+                summary.warnings.append(f"stopping: {left} file(s) left for the next run")
+                break
             claim = audit.claim(config.name, item.file_hash, worker, config.retry_cap, config_hash)
             if claim is None:  # another worker got there first
                 summary.skipped += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -17,21 +18,37 @@ from .audit import AuditStore
 from .config import PipelineConfig
 from .connectors import open_connector
 from .runner import FileResult, RunSummary, WorkItem, plan_run, work, worker_id
+from .shutdown import DEFAULT_GRACE_SECONDS, SHUTDOWN, Interrupted, disarm, install
 
 _POLL_S = 0.2
 
 
-def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], out: Any) -> None:
-    """Body of one worker process: report each file's result, then the counters."""
+def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], out: Any, grace: float) -> None:
+    """Body of one worker process: report each file's result, then the counters.
+
+    In a session of its own, so a Ctrl-C at the terminal reaches only the parent, which
+    forwards it: one signal, one grace period, in every process."""
+    os.setsid()
+    install(grace)
     audit = AuditStore(audit_url)
     summary = RunSummary()
     try:
         work(config, items, audit, summary, worker_id(), on_result=lambda r: out.put(("result", r)))
+        disarm()
         out.put(("done", summary.retried, summary.warnings))
     except Exception as exc:  # reported by the parent as this worker's failure
         out.put(("error", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
     finally:
         audit.dispose()
+
+
+def _signal_all(procs: list[Any], signum: int) -> None:
+    for proc in procs:
+        if proc.is_alive() and proc.pid:
+            try:
+                os.kill(proc.pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 def rotate(items: list[WorkItem], index: int, count: int) -> list[WorkItem]:
@@ -46,8 +63,12 @@ def run_parallel(
     audit_url: str,
     workers: int,
     on_result: Callable[[FileResult], None] | None = None,
+    grace: float = DEFAULT_GRACE_SECONDS,
 ) -> RunSummary:
-    """Like ``run_pipeline`` with ``workers`` processes; returns one merged summary."""
+    """Like ``run_pipeline`` with ``workers`` processes; returns one merged summary.
+
+    A stop asked of this process (``shutdown.SHUTDOWN``) is forwarded to the workers; when
+    this process's own grace period ends, they are told to stop at once."""
     audit = AuditStore(audit_url)
     try:
         plan = plan_run(config, directory, audit)
@@ -65,19 +86,28 @@ def run_parallel(
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker_main, args=(config, audit_url, rotate(items, k, workers), out), daemon=True)
+        ctx.Process(
+            target=_worker_main, args=(config, audit_url, rotate(items, k, workers), out, grace), daemon=True
+        )
         for k in range(workers)
     ]
     for proc in procs:
         proc.start()
     finished = 0
     processed: set[str] = set()
+    forwarded = False
     while finished < workers:
+        if SHUTDOWN.requested and not forwarded:
+            _signal_all(procs, SHUTDOWN.signal or signal.SIGTERM)
+            forwarded = True
         try:
             kind, *payload = out.get(timeout=_POLL_S)
         except queue.Empty:
             if all(not p.is_alive() for p in procs) and out.empty():
                 break
+            continue
+        except Interrupted:  # this process's grace period is over: the workers stop now too
+            _signal_all(procs, signal.SIGTERM)
             continue
         if kind == "result":
             result: FileResult = payload[0]
@@ -94,6 +124,7 @@ def run_parallel(
             finished += 1
             summary.failed += 1
             summary.warnings.append(f"a worker stopped: {payload[0]}")
+    disarm()
     for index, proc in enumerate(procs):
         proc.join()
         if proc.exitcode:

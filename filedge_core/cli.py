@@ -38,16 +38,16 @@ def handle_errors(func: F) -> F:
             _fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
-        except BaseException as exc:
+        except Exception as exc:  # the last line of defence: no traceback for users
+            if os.environ.get("FILEDGE_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set FILEDGE_DEBUG=1 for a traceback)", 1)
+        except BaseException as exc:  # a stop whose grace period ended outside a file's load
             from .shutdown import SHUTDOWN, Interrupted
 
             if not isinstance(exc, Interrupted):
                 raise
             _fail(f"interrupted: {exc}", SHUTDOWN.exit_code or 130)
-        except Exception as exc:  # the last line of defence: no traceback for users
-            if os.environ.get("FILEDGE_DEBUG"):
-                raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set FILEDGE_DEBUG=1 for a traceback)", 1)
 
     return wrapper  # type: ignore[return-value]
 

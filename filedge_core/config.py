@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .dburl import resolve_sqlite_path
+from .dburl import mask, resolve_sqlite_path, scheme
 from .errors import ConfigError
 from .identifiers import check_identifier
 
@@ -25,6 +25,8 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 ENCODINGS = ("utf8", "utf8-sig", "latin1")
 WRITE_MODES = ("append", "upsert", "replace")
 ON_ERROR = ("fail", "quarantine")
+# The URL schemes each connector type reads (the first one is the one to suggest).
+_URL_SCHEMES = {"sqlite": ("sqlite",), "postgresql": ("postgresql", "postgres")}
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -345,10 +347,16 @@ def parse_pipeline(data: Any, source: str = "<config>", base_dir: Path | None = 
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
     url = expand_env(config.connector.url, source)
+    expected = _URL_SCHEMES[config.connector.type]
+    if scheme(url) not in expected:
+        raise ConfigError(
+            f"{source}: connector.url: {mask(url)!r} is not a {expected[0]}:// URL "
+            f"(connector.type is {config.connector.type})"
+        )
     try:
         url = resolve_sqlite_path(url, base_dir or Path.cwd())
     except ValueError as exc:
-        raise ConfigError(f"{source}: connector.url: {exc}") from None
+        raise ConfigError(f"{source}: connector.url: {mask(str(exc))}") from None
     connector = config.connector.model_copy(update={"url": url})
     return config.model_copy(update={"connector": connector})
 

@@ -174,3 +174,24 @@ def test_list_shows_rejected_rows(ws: Workspace) -> None:
     assert "some.csv: 1 row(s) quarantined in orders_rejected" in run.stderr
     listed = filedge("list", "--audit-db-url", ws.audit_url)
     assert "COMMITTED  attempts=1  rows=1  rejected=1" in listed.stdout
+
+
+def test_an_unforeseen_error_is_one_line_without_traceback(ws: Workspace, tmp_path) -> None:
+    """The last line of defence: an exception no code path expected still gives one line, exit 1."""
+    from click.testing import CliRunner
+
+    from filedge_core import cli
+
+    @cli.main.command(name="boom")
+    @cli.handle_errors
+    def boom() -> None:
+        raise ValueError("something nobody foresaw")
+
+    try:
+        result = CliRunner().invoke(cli.main, ["boom"])
+    finally:
+        cli.main.commands.pop("boom")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "filedge: error: internal error: ValueError: something nobody foresaw (set FILEDGE_DEBUG=1 for a traceback)"
+    )

@@ -293,9 +293,10 @@ class TextChunks:
                 cut = _trim_blank_tail(pending, cut)
             if cut <= 0:  # one record longer than a batch (or only blank lines): read on
                 if len(pending) > self.max_record_bytes:
+                    quoted = self.quote is not None and self.quote in pending
                     raise DataError(
                         f"line {line}: a record longer than {self.max_record_bytes >> 20} MiB "
-                        "(is a quote never closed?)"
+                        + ("(is a quote never closed?)" if quoted else "(no end of line in it)")
                     )
                 if self.quote is not None:
                     parity = (parity + pending.count(self.quote, scanned)) % 2

@@ -163,3 +163,16 @@ def test_ten_thousand_columns_and_a_long_line(ws: Workspace) -> None:
     assert rows["wide.csv"].state == "COMMITTED" and rows["wide.csv"].rows_written == 1
     assert rows["long.csv"].state == "FAILED"
     assert "'amount'" in (rows["long.csv"].last_error or "")  # a 20-million-digit float is no float
+
+
+def test_a_100_mb_single_line_is_refused_with_its_line(ws: Workspace) -> None:
+    with (ws.incoming / "one-line.csv").open("wb") as out:
+        out.write(b"order_id,amount\n1,")
+        chunk = b"9" * (1 << 20)
+        for _ in range(100):
+            out.write(chunk)
+    result = ws.run()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (row,) = ws.audit().rows()
+    assert (row.state, row.error_kind) == ("FAILED", "data")
+    assert row.last_error == "line 2: a record longer than 64 MiB (no end of line in it)"

@@ -79,6 +79,8 @@ def list_candidates(
         raise ConfigError(f"{directory}: not a directory") from None
     except PermissionError:
         raise ConfigError(f"{directory}: permission denied") from None
+    except OSError as exc:  # e.g. a symlink loop
+        raise ConfigError(f"{directory}: cannot list: {exc.strerror or exc}") from None
     found = []
     filtered = bool(include or exclude)
     is_regular = stat.S_ISREG

@@ -76,15 +76,9 @@ def test_bad_directories(ws: Workspace, tmp_path: Path) -> None:
     a_file = tmp_path / "file.csv"
     a_file.write_text(orders_csv(1))
     one_line(filedge(*base, "--dir", str(a_file)), 2, "file.csv: not a directory")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0)
-    try:
-        if os.access(locked, os.R_OK):
-            pytest.skip("running as a user that ignores permissions")
-        one_line(filedge(*base, "--dir", str(locked)), 2, "locked: permission denied")
-    finally:
-        locked.chmod(0o755)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    one_line(filedge(*base, "--dir", str(loop)), 2, "loop: cannot list: Too many levels of symbolic links")
 
 
 def test_odd_entries_in_the_directory(ws: Workspace, tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ def check_columns(names: Sequence[str], columns: Sequence[ColumnSpec], strict: b
     missing = [c.source for c in columns if c.source not in names]
     if missing:
         listed = ", ".join(repr(m) for m in missing)
-        raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {listed} (file has: {', '.join(names)})")
+        found = ", ".join(name if name.isprintable() else repr(name) for name in names)
+        raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {listed} (file has: {found})")
     if strict:
         extra = [name for name in names if name not in {c.source for c in columns}]
         if extra:

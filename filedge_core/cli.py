@@ -20,10 +20,15 @@ DEFAULT_AUDIT_URL = "sqlite:///filedge.db"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def one_line(text: str) -> str:
+    """A message as one line, whatever file content found its way into it."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _fail(message: str, code: int) -> None:
     from .dburl import mask
 
-    click.echo(f"filedge: error: {mask(message)}", err=True)
+    click.echo(f"filedge: error: {one_line(mask(message))}", err=True)
     sys.exit(code)
 
 
@@ -116,7 +121,10 @@ def run(directory: str, config_path: str, audit_db_url: str, workers: int, grace
 
     def report(result: FileResult) -> None:
         if not result.committed:
-            click.echo(f"filedge: {result.outcome.upper()} {result.path} ({result.file_hash[:12]}): {result.error}", err=True)
+            click.echo(
+                one_line(f"filedge: {result.outcome.upper()} {result.path} ({result.file_hash[:12]}): {result.error}"),
+                err=True,
+            )
 
     if workers > 1:
         from .workers import run_parallel
@@ -130,7 +138,7 @@ def run(directory: str, config_path: str, audit_db_url: str, workers: int, grace
             audit.dispose()
     disarm()
     for warning in summary.warnings:
-        click.echo(f"filedge: warning: {warning}", err=True)
+        click.echo(one_line(f"filedge: warning: {warning}"), err=True)
     click.echo(summary.line())
     sys.exit(SHUTDOWN.exit_code or summary.exit_code)
 

@@ -237,3 +237,11 @@ def test_read_ahead_keeps_order_and_raises_in_order() -> None:
     for _ in read_ahead(iter(batches)):
         break
     assert not [t for t in threading.enumerate() if t.name == "filedge-read-ahead"]
+
+
+def test_messages_stay_on_one_line_whatever_the_file_holds() -> None:
+    """Found by the property tests: a header name with a newline came back in the message."""
+    with pytest.raises(DataError) as info:
+        read_file(b'"\n\x01', config())
+    assert "\n" not in str(info.value)
+    assert str(info.value) == "missing columns 'id', 'amount' (file has: '\\n')"

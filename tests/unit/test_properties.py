@@ -17,7 +17,11 @@ from filedge_core.config import parse_pipeline
 from filedge_core.errors import DataError
 from filedge_core.source import snapshot_of
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: CI runs the same examples every time (a new failure is found by running with
+# a different seed locally, e.g. `--hypothesis-seed=N`, not by a CI run that happened upon it).
+SETTINGS = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def config(columns: list[dict], **more: object):
@@ -65,9 +69,15 @@ def test_any_table_written_by_a_csv_writer_reads_back_exactly(rows: list[list[st
 @SETTINGS
 @given(data=st.binary(max_size=300), batch_bytes=st.integers(min_value=1, max_value=40))
 def test_any_bytes_are_rows_or_a_data_error(data: bytes, batch_bytes: int) -> None:
+    """And the batch size never changes whether a file loads, nor its rows. (Which of several
+    problems a broken file is reported with can: the first batch's header is checked before
+    later lines are read, where a whole-file parse meets the later problem first.)"""
     cfg = config([{"source": "a"}, {"source": "b", "type": "int"}])
     whole = outcome(data, cfg)
-    assert outcome(data, cfg, batch_bytes) == whole
+    batched = outcome(data, cfg, batch_bytes)
+    assert batched[0] == whole[0]
+    if whole[0] == "rows":
+        assert batched == whole
 
 
 @SETTINGS

@@ -71,3 +71,10 @@ class LeaseLost(FiledgeError):
     """Another worker now holds this file's lease; this worker's write was refused."""
 
     outcome = FileOutcome.FENCED
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+

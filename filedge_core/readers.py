@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from .config import PipelineConfig
-from .errors import DataError
+from .errors import DataError, first_line
 from .source import Chunk, Readable, TextChunks
 
 RAW_PREVIEW_CHARS = 1000  # a malformed record is kept in the rejects table up to this length
@@ -357,7 +357,7 @@ class ParquetReader(FormatReader):
                 lazy = pl.scan_parquet(spool)
                 schema = lazy.collect_schema()
             except (pl.exceptions.PolarsError, OSError) as exc:
-                raise DataError(f"not a readable Parquet file: {_first_line(exc)}") from None
+                raise DataError(f"not a readable Parquet file: {first_line(exc)}") from None
             nested = [c.source for c in self.config.columns if c.source in schema and schema[c.source].is_nested()]
             if nested:
                 raise DataError(
@@ -380,14 +380,9 @@ class ParquetReader(FormatReader):
                     yield RawBatch(frame, row_offset, records=frame.height)
                     row_offset += frame.height
             except (pl.exceptions.PolarsError, OSError) as exc:
-                raise DataError(f"not a readable Parquet file: {_first_line(exc)}") from None
+                raise DataError(f"not a readable Parquet file: {first_line(exc)}") from None
             if row_offset == 0:
                 yield RawBatch(lazy.select(exprs).head(0).collect(), 0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _FORMAT_READERS: dict[str, type[FormatReader]] = {

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..batches import Batch, read_ahead
 from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
-from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError
+from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError, first_line
 from ..faults import checkpoint
 from .base import (
     HASH_COLUMN,
@@ -93,18 +93,13 @@ def conninfo(url: str) -> str:
     try:
         params = conninfo_to_dict("postgresql://" + rest)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"connector.url: {mask(url)!r}: {mask(_first_line(exc))}") from None
+        raise ConfigError(f"connector.url: {mask(url)!r}: {mask(first_line(exc))}") from None
     defaults: dict[str, str | int] = {
         "application_name": "filedge",
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
     }
     missing = {key: value for key, value in defaults.items() if key not in params}
     return make_conninfo("postgresql://" + rest, **missing)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def _csv_frame(frame: pl.DataFrame, file_hash: str, token: int) -> pl.DataFrame:
@@ -218,7 +213,7 @@ class PostgresConnector:
                 conn = psycopg.connect(self._conninfo, autocommit=True)
             except psycopg.Error as exc:
                 raise DatabaseUnavailable(
-                    f"destination {self.display_url}: {mask(_first_line(exc))}"
+                    f"destination {self.display_url}: {mask(first_line(exc))}"
                 ) from None
             self._conn = conn
             try:
@@ -258,7 +253,7 @@ class PostgresConnector:
             raise self._classify(exc, lost) from None
 
     def _classify(self, exc: psycopg.Error, lost: bool) -> FiledgeError:
-        detail = _first_line(exc)
+        detail = first_line(exc)
         context = getattr(exc.diag, "context", None)
         if context and isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
             detail += f" ({context.strip().splitlines()[0]})"

@@ -120,6 +120,9 @@ class ConnectorSpec(_Model):
 
     type: str
     url: str = Field(min_length=1)
+    # A server restarting or a network blip: opening a connection is retried (with backoff) for
+    # this long before the destination counts as unreachable and the run stops claiming files.
+    connect_retry_seconds: float = Field(default=15.0, ge=0)
 
     @field_validator("type")
     @classmethod

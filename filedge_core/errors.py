@@ -16,6 +16,7 @@ class FileOutcome(enum.Enum):
     RETRY = "retry"  # FAILED, claimable again by a later run until retry_cap
     RELEASE = "release"  # back to PENDING, claimable again (the file changed under us)
     FENCED = "fenced"  # a newer claim owns the file: touch nothing
+    GIVE_BACK = "give_back"  # not the file's fault: PENDING again, the attempt not charged
 
 
 class FiledgeError(Exception):
@@ -59,6 +60,13 @@ class TransientError(FiledgeError):
 
 class DatabaseUnavailable(TransientError):
     """A database could not be reached."""
+
+
+class DestinationUnreachable(DatabaseUnavailable):
+    """No connection to the destination could be opened: no file is to blame, and a run that
+    meets this stops claiming files instead of failing each of them."""
+
+    outcome = FileOutcome.GIVE_BACK
 
 
 class FileChanged(TransientError):

@@ -46,7 +46,8 @@ class FileResult:
     ``outcome``: ``committed`` (by this call), ``already_committed`` (nothing to do), ``failed``,
     ``released`` (the file changed while read), ``fenced`` (another worker's newer claim won),
     ``busy`` (another worker holds a live lease), ``interrupted`` (the run was stopped; the lease
-    was given back without charging the attempt). ``retryable``: a later attempt may succeed.
+    was given back without charging the attempt), ``given_back`` (the destination could not be
+    reached: not the file's fault, so the lease was given back uncharged and the run stops). ``retryable``: a later attempt may succeed.
     ``note``: what else the user should know (e.g. a snapshot superseded by a newer one)."""
 
     file_hash: str
@@ -77,6 +78,7 @@ class RunSummary:
     retried: int = 0
     results: list[FileResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # why the run stopped claiming before its list was done
 
     def line(self) -> str:
         return (
@@ -86,7 +88,7 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stopped_by else 0
 
     def add(self, result: FileResult) -> None:
         """Count one claimed file's outcome."""
@@ -98,9 +100,11 @@ class RunSummary:
         elif result.outcome == "fenced":
             self.skipped += 1  # another worker owns the file now
             self.warnings.append(f"{result.path}: {result.error}")
-        elif result.outcome == "interrupted":
+        elif result.outcome in ("interrupted", "given_back"):
             self.skipped += 1  # given back uncharged: the next run loads it
             self.warnings.append(f"{result.path}: {result.error}")
+            if result.outcome == "given_back":
+                self.stopped_by = result.error
         else:
             self.failed += 1
 
@@ -228,10 +232,9 @@ def process_claim(
             _give_back_quietly(audit, claim)
             raise
     outcome = settle(audit, claim, error, config.retry_cap)
-    retryable = error.outcome is not FileOutcome.TERMINAL and claim.attempts < config.retry_cap
-    return FileResult(
-        claim.file_hash, path, outcome, 0, str(error), claim.attempts, time.monotonic() - started, retryable
-    )
+    attempts = claim.attempts - 1 if outcome == "given_back" else claim.attempts
+    retryable = error.outcome is not FileOutcome.TERMINAL and attempts < config.retry_cap
+    return FileResult(claim.file_hash, path, outcome, 0, str(error), attempts, time.monotonic() - started, retryable)
 
 
 def _give_back_quietly(audit: AuditStore, claim: Claim) -> None:
@@ -250,6 +253,9 @@ def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -
     if exc.outcome is FileOutcome.RELEASE:
         audit.release(claim, str(exc), retry_cap)
         return "released"
+    if exc.outcome is FileOutcome.GIVE_BACK:
+        audit.give_back(claim, f"{exc}; the lease was given back")
+        return "given_back"
     audit.fail(claim, str(exc), _FAIL_KIND[exc.outcome])
     return "failed"
 
@@ -415,6 +421,11 @@ def work(
             summary.add(result)
             if on_result:
                 on_result(result)
+            if result.outcome == "given_back":  # every other file would meet the same wall
+                left = len(items) - index - 1
+                summary.skipped += left
+                summary.warnings.append(f"the destination is unreachable: stopping; {left} file(s) left for the next run")
+                break
     finally:
         connector.close()
     return summary

@@ -87,6 +87,8 @@ def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefiniti
                     )
                 else:
                     failed.append(result)
+                    if result.outcome == "given_back":  # the destination is unreachable
+                        break
         finally:
             connector.close()
         if not failed:

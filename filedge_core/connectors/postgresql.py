@@ -22,7 +22,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..batches import Batch, read_ahead
 from ..config import ColumnSpec, PipelineConfig
 from ..dburl import mask
-from ..errors import ConfigError, DatabaseUnavailable, DataError, FiledgeError, LeaseLost, TransientError, first_line
+from ..errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    DataError,
+    DestinationUnreachable,
+    FiledgeError,
+    LeaseLost,
+    TransientError,
+    first_line,
+)
 from ..faults import checkpoint
 from .base import (
     HASH_COLUMN,
@@ -181,6 +190,35 @@ def _within_postgres_range(frame: pl.DataFrame) -> bool:
     return not checks or not any(frame.select(checks).row(0))
 
 
+# Connection failures worth waiting out: no answer, or a server that is starting or stopping.
+# Anything else the server says while refusing (no such role or database, bad password) is final.
+_PASSING_REFUSALS = ("the database system is", "too many clients", "remaining connection slots")
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, psycopg.OperationalError) and (
+        "FATAL:" not in text or any(phrase in text for phrase in _PASSING_REFUSALS)
+    )
+
+
+def _connect_patiently(info: str, patience_s: float) -> psycopg.Connection:
+    """``psycopg.connect``, retried with backoff for ``patience_s`` while the server is away."""
+    if patience_s <= 0:
+        return psycopg.connect(info, autocommit=True)
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    for attempt in Retrying(
+        retry=retry_if_exception(_worth_retrying),
+        stop=stop_after_delay(patience_s),
+        wait=wait_exponential(multiplier=0.1, max=2),
+        reraise=True,
+    ):
+        with attempt:
+            return psycopg.connect(info, autocommit=True)
+    raise AssertionError("unreachable")  # pragma: no cover -- Retrying re-raises the last error
+
+
 class _Superseded(Exception):
     """A newer snapshot is loaded already (``replace``): this write rolls back, writing nothing."""
 
@@ -210,9 +248,9 @@ class PostgresConnector:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None:
             try:
-                conn = psycopg.connect(self._conninfo, autocommit=True)
+                conn = _connect_patiently(self._conninfo, self.config.connector.connect_retry_seconds)
             except psycopg.Error as exc:
-                raise DatabaseUnavailable(
+                raise DestinationUnreachable(
                     f"destination {self.display_url}: {mask(first_line(exc))}"
                 ) from None
             self._conn = conn

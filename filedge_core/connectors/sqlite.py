@@ -12,7 +12,7 @@ import polars as pl
 
 from ..config import PipelineConfig
 from ..dburl import mask, sqlite_path
-from ..errors import ConfigError, DatabaseUnavailable, LeaseLost, TransientError
+from ..errors import ConfigError, DatabaseUnavailable, DestinationUnreachable, LeaseLost, TransientError
 from ..faults import checkpoint
 from ..identifiers import quote
 from .base import (
@@ -102,11 +102,14 @@ class SqliteConnector:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             if self.path != ":memory:" and not Path(self.path).parent.is_dir():
-                raise DatabaseUnavailable(
+                raise DestinationUnreachable(
                     f"destination {self.display_url}: directory {Path(self.path).parent} does not exist"
                 )
-            with self._errors():
+            try:
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise DestinationUnreachable(f"destination {self.display_url}: {exc}") from None
+            with self._errors():
                 conn.execute("PRAGMA busy_timeout = 30000")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")

@@ -28,7 +28,14 @@ from filedge_core.config import PipelineConfig, parse_pipeline
 from filedge_core.connectors import FileWrite, open_connector
 from filedge_core.connectors import postgresql as pgc
 from filedge_core.connectors.postgresql import PostgresConnector, conninfo
-from filedge_core.errors import ConfigError, DatabaseUnavailable, DataError, LeaseLost, TransientError
+from filedge_core.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    DataError,
+    DestinationUnreachable,
+    LeaseLost,
+    TransientError,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -48,13 +55,13 @@ COLUMNS: list[dict[str, Any]] = [
 
 
 def make_config(
-    url: str, dest_table: str = "orders", name: str = "orders", columns: Any = None
+    url: str, dest_table: str = "orders", name: str = "orders", columns: Any = None, patience: float = 15
 ) -> PipelineConfig:
     return parse_pipeline(
         {
             "name": name,
             "dest_table": dest_table,
-            "connector": {"type": "postgresql", "url": url},
+            "connector": {"type": "postgresql", "url": url, "connect_retry_seconds": patience},
             "columns": columns or COLUMNS,
         }
     )
@@ -611,9 +618,11 @@ def test_zombie_stopped_mid_copy_is_fenced(
 
 def test_closed_port_is_database_unavailable_with_masked_password() -> None:
     url = f"postgresql://filedge:s3cr3t-pw@127.0.0.1:{free_port()}/warehouse"
-    conn = open_connector(make_config(url))
-    with pytest.raises(DatabaseUnavailable) as err:
+    conn = open_connector(make_config(url, patience=0.5))
+    started = time.monotonic()
+    with pytest.raises(DestinationUnreachable) as err:
         conn.prepare()
+    assert 0.5 <= time.monotonic() - started < 5, "retried for connect_retry_seconds, then gave up"
     message = str(err.value)
     assert "s3cr3t-pw" not in message
     assert message.startswith("destination postgresql://filedge:***@127.0.0.1:")
@@ -624,8 +633,10 @@ def test_closed_port_is_database_unavailable_with_masked_password() -> None:
 
 def test_unknown_database_is_database_unavailable(pg_url: str) -> None:
     url = urlunsplit(urlsplit(pg_url)._replace(path="/no_such_database_here"))
+    started = time.monotonic()
     with pytest.raises(DatabaseUnavailable, match='database "no_such_database_here" does not exist'):
         open_connector(make_config(url)).prepare()
+    assert time.monotonic() - started < 5, "a refusal the server means is not waited out"
 
 
 def test_connection_lost_mid_write_is_database_unavailable_then_recovers(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from filedge_core.scan import hash_file
 from tests.acceptance import test_crash
+from tests.proxy import Proxy
 from tests.support import Workspace, orders_csv
 
 pytestmark = pytest.mark.postgres
@@ -193,6 +195,70 @@ def test_destination_lost_mid_write_costs_no_data(ws: Workspace, pg_database: st
     assert again.returncode == 0, again.stderr
     assert "Retried: 1" in again.stdout
     assert ws.rows_per_hash()[first] == 1000
+
+
+def _behind_proxy(ws: Workspace, pg_database: str, patience: float) -> Proxy:
+    """Point the destination (not the audit) at a proxy in front of the test server."""
+    address = urlsplit(pg_database)
+    proxy = Proxy((address.hostname or "127.0.0.1", address.port or 5432))
+    dest = urlunsplit(address._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
+    ws.configure(connector={"type": "postgresql", "url": dest, "connect_retry_seconds": patience})
+    return proxy
+
+
+def test_unreachable_destination_stops_the_run_and_charges_no_waiting_file(
+    ws: Workspace, pg_database: str
+) -> None:
+    """The destination goes away mid-run and stays away: the file being written fails (its
+    attempt is charged); the next file cannot connect, so its lease is given back uncharged and
+    the run stops instead of failing every file left. When the destination is back, the next
+    run loads everything once."""
+    proxy = _behind_proxy(ws, pg_database, patience=1.0)
+    try:
+        names = ["a.csv", "b.csv", "c.csv", "d.csv"]
+        hashes = [hash_file(ws.add(name, orders_csv(100, start=1000 * i))) for i, name in enumerate(names)]
+        proc = ws.popen_run(env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:2"})
+        test_crash.wait_for(lambda: ws.audit().counts()["PROCESSING"] == 1)
+        time.sleep(0.3)
+        proxy.refuse()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, (out, err)
+        assert out == "Committed: 0 Failed: 1 Skipped: 3 New: 4 Reclaimed: 0 Retried: 0\n", err
+        assert "the destination is unreachable: stopping; 2 file(s) left for the next run" in err
+        assert "Traceback" not in err
+        rows = ws.audit().rows_for("orders", hashes)
+        assert (rows[hashes[0]].state, rows[hashes[0]].attempts, rows[hashes[0]].error_kind) == ("FAILED", 1, "transient")
+        assert (rows[hashes[1]].state, rows[hashes[1]].attempts) == ("PENDING", 0)
+        assert "the lease was given back" in rows[hashes[1]].last_error
+        assert [(rows[h].state, rows[h].attempts) for h in hashes[2:]] == [("PENDING", 0)] * 2
+
+        proxy.accept()
+        again = ws.run()
+        assert again.returncode == 0, again.stderr
+        assert again.stdout == "Committed: 4 Failed: 0 Skipped: 0 New: 0 Reclaimed: 0 Retried: 1\n"
+        assert ws.rows_per_hash() == {h: 100 for h in hashes}
+    finally:
+        proxy.close()
+
+
+def test_a_destination_back_within_connect_retry_seconds_is_waited_for(ws: Workspace, pg_database: str) -> None:
+    """The destination refuses connections for about a second: the run waits and loads every
+    file; only the file whose connection was cut mid-write fails (and is retried next run)."""
+    proxy = _behind_proxy(ws, pg_database, patience=30)
+    try:
+        hashes = [hash_file(ws.add(f"{n}.csv", orders_csv(50, start=100 * n))) for n in range(3)]
+        proc = ws.popen_run(env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:1"})
+        test_crash.wait_for(lambda: ws.audit().counts()["PROCESSING"] == 1)
+        proxy.refuse()
+        time.sleep(1.5)
+        proxy.accept()
+        out, err = proc.communicate(timeout=60)
+        assert out == "Committed: 2 Failed: 1 Skipped: 0 New: 3 Reclaimed: 0 Retried: 0\n", err
+        assert sorted(ws.rows_per_hash().values()) == [50, 50]
+        assert ws.run().stdout == "Committed: 1 Failed: 0 Skipped: 2 New: 0 Reclaimed: 0 Retried: 1\n"
+        assert ws.rows_per_hash() == {h: 50 for h in hashes}
+    finally:
+        proxy.close()
 
 
 def test_decimal_into_numeric(ws: Workspace) -> None:

@@ -68,7 +68,7 @@ def test_no_output_or_table_holds_the_password(tmp_path: Path, secret_url: str) 
     ws.configure(on_error="quarantine", connector={"type": "postgresql", "url": wrong_db})
     outputs.append(ws.run())
     outputs.append(filedge("validate", "--config", str(ws.config_path)))
-    ws.configure(on_error="quarantine", connector={"type": "postgresql", "url": closed_port})
+    ws.configure(on_error="quarantine", connector={"type": "postgresql", "url": closed_port, "connect_retry_seconds": 0.5})
     outputs.append(ws.run())
 
     assert any(o.returncode == 0 for o in outputs) and any(o.returncode != 0 for o in outputs)

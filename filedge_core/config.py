@@ -153,6 +153,38 @@ class CsvOptions(_Model):
         return _one_of("encoding", ENCODINGS, value)
 
 
+class AfterCommit(_Model):
+    """What happens to a source file once its content is COMMITTED: ``keep`` it, ``delete`` it,
+    or ``move`` it into ``directory`` (absolute once loaded)."""
+
+    action: str = "keep"
+    directory: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AfterCommit":
+        if self.action not in ("keep", "delete", "move"):
+            raise ValueError(f"{self.action!r}: expected keep, delete, or move: DIR")
+        if (self.action == "move") != (self.directory is not None):
+            raise ValueError("move needs a directory (move: DIR), and only move takes one")
+        return self
+
+
+def _after_commit(value: Any) -> Any:
+    """``keep``, ``delete`` or ``{move: DIR}`` in the YAML, as an ``AfterCommit``."""
+    if isinstance(value, AfterCommit):
+        return value
+    if value in ("keep", "delete"):
+        return {"action": value}
+    if isinstance(value, dict) and set(value) == {"move"}:
+        target = value["move"]
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError("move: expected a directory")
+        return {"action": "move", "directory": target}
+    if isinstance(value, dict) and "action" in value and set(value) <= {"action", "directory"}:
+        return value  # the normalized form (a configuration dumped and read back)
+    raise ValueError(f"{value!r}: expected keep, delete, or move: DIR")
+
+
 class PipelineConfig(_Model):
     """A validated pipeline. ``url`` of the connector is already resolved (env vars, paths)."""
 
@@ -172,6 +204,12 @@ class PipelineConfig(_Model):
     on_error: str = "fail"
     max_rejected: int | str | None = None
     batch_bytes: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), ge=1)
+    after_commit: AfterCommit = Field(default_factory=AfterCommit)
+
+    @field_validator("after_commit", mode="before")
+    @classmethod
+    def _after_commit(cls, value: Any) -> Any:
+        return _after_commit(value)
 
     @field_validator("on_error")
     @classmethod
@@ -361,7 +399,12 @@ def parse_pipeline(data: Any, source: str = "<config>", base_dir: Path | None = 
     except ValueError as exc:
         raise ConfigError(f"{source}: connector.url: {mask(str(exc))}") from None
     connector = config.connector.model_copy(update={"url": url})
-    return config.model_copy(update={"connector": connector})
+    update: dict[str, Any] = {"connector": connector}
+    if config.after_commit.directory is not None:
+        target = Path(os.path.expanduser(expand_env(config.after_commit.directory, source, "after_commit.move")))
+        target = target if target.is_absolute() else (base_dir or Path.cwd()) / target
+        update["after_commit"] = config.after_commit.model_copy(update={"directory": str(target)})
+    return config.model_copy(update=update)
 
 
 def load_pipeline(path: str | os.PathLike[str]) -> PipelineConfig:

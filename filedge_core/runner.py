@@ -199,6 +199,7 @@ def process_claim(
                 written = connector.write(
                     FileWrite(claim.pipeline, claim.file_hash, claim.token, batches, file_order(claim))
                 )
+                fingerprint = snapshot.fingerprint
             checkpoint("after_dest_commit")
             rejected = 0 if written.superseded_by else batches.rows_rejected
             if not audit.commit(claim, written.rows_written, rejected):
@@ -209,6 +210,10 @@ def process_claim(
                 note = f"not loaded: a newer snapshot ({written.superseded_by[:12]}) is in {config.dest_table} already"
             elif rejected:
                 note = f"{rejected} row(s) quarantined in {config.rejected_table}"
+            if fingerprint is not None and config.after_commit.action != "keep":
+                moved_to, trouble = after_commit(config, audit, claim.file_hash, path, fingerprint)
+                note = "; ".join(filter(None, [note, trouble]))
+                path = moved_to or path
             return FileResult(
                 claim.file_hash, path, "committed", written.rows_written, None, claim.attempts,
                 time.monotonic() - started, rows_rejected=rejected, note=note,
@@ -235,6 +240,22 @@ def process_claim(
     attempts = claim.attempts - 1 if outcome == "given_back" else claim.attempts
     retryable = error.outcome is not FileOutcome.TERMINAL and attempts < config.retry_cap
     return FileResult(claim.file_hash, path, outcome, 0, str(error), attempts, time.monotonic() - started, retryable)
+
+
+def after_commit(
+    config: PipelineConfig, audit: AuditStore, file_hash: str, path: str, fingerprint: tuple[int, int, int, int]
+) -> tuple[str | None, str | None]:
+    """Clean up a file whose content is COMMITTED (``after_commit``); a moved file's audit row
+    gets its new path. Returns the new path (if moved) and a warning (if it could not be done)."""
+    from .cleanup import clean_up
+
+    moved_to, trouble = clean_up(config, path, fingerprint, file_hash)
+    if moved_to is not None:
+        try:
+            audit.relocate(config.name, file_hash, path, moved_to)
+        except FiledgeError:
+            pass  # only where `show` says the file is; the file itself is safe
+    return moved_to, trouble
 
 
 def _give_back_quietly(audit: AuditStore, claim: Claim) -> None:
@@ -365,6 +386,15 @@ def _plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: 
     open_rows = audit.open_rows(config.name)  # a hash without an open row is COMMITTED
     # Every file whose hash has no open row needs no work; only the others are looked at.
     summary.skipped += sum(len(items) for h, items in by_hash.items() if h not in open_rows)
+    if config.after_commit.action != "keep":
+        # Files whose content is COMMITTED but that are still here: a crash came between a
+        # commit and its cleanup, or the same bytes were dropped in again under another name.
+        for file_hash, items in by_hash.items():
+            if file_hash not in open_rows:
+                for item in items:
+                    _, trouble = after_commit(config, audit, file_hash, item.candidate.location, item.candidate.fingerprint)
+                    if trouble:
+                        summary.warnings.append(trouble)
     todo = []
     for file_hash, row in open_rows.items():
         items = by_hash.get(file_hash)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +37,13 @@ class Snapshot(io.RawIOBase):
     Reaching the end checks the hash against ``expected`` (when given) and raises
     ``FileChanged`` if the bytes are not the ones that were claimed."""
 
-    def __init__(self, handle: BinaryIO, name: str, expected: str | None = None) -> None:
+    def __init__(
+        self, handle: BinaryIO, name: str, expected: str | None = None, fingerprint: tuple[int, int, int, int] | None = None
+    ) -> None:
         self._handle = handle
         self.name = name
         self.expected = expected
+        self.fingerprint = fingerprint  # (size, mtime_ns, ctime_ns, inode) when opened
         self._sha = hashlib.sha256()
         self._at_end = False  # the end was reached (and the hash checked): no byte may follow
 
@@ -83,7 +87,8 @@ def open_snapshot(path: str | Path, expected: str | None) -> Snapshot:
         raise FileChanged(f"{path}: is now a directory") from None
     except OSError as exc:
         raise TransientError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return Snapshot(handle, str(path), expected)
+    st = os.fstat(handle.fileno())
+    return Snapshot(handle, str(path), expected, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
 
 
 def snapshot_of(data: bytes, name: str = "<bytes>") -> Snapshot:

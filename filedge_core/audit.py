@@ -19,7 +19,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .dburl import mask, scheme, sqlalchemy_url, sqlite_path
-from .errors import DatabaseUnavailable, UsageError
+from .errors import DatabaseUnavailable, UsageError, first_line
 
 TABLE_NAME = "etl_file_audit"
 _DDL_LOCK_KEY = int.from_bytes(b"fdaudit1", "big")  # pg_advisory_xact_lock key for the audit DDL
@@ -317,16 +317,21 @@ class AuditStore:
             "SELECT path, size, mtime_ns, ctime_ns, inode, file_hash FROM etl_file_stat_cache "
             f"WHERE pipeline = {marker}"
         )
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         with self._errors():
-            raw = self.engine.raw_connection()
+            try:
+                # The pool hands out raw connections without wrapping the driver's errors.
+                raw = self.engine.raw_connection()
+            except dbapi_error as exc:
+                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
             try:
                 cursor = raw.cursor()
                 cursor.execute(query, (pipeline,))
                 rows = cursor.fetchall()
                 cursor.close()
                 raw.commit()
-            except self.engine.dialect.loaded_dbapi.Error as exc:
-                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(str(exc).strip())}") from None
+            except dbapi_error as exc:
+                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
             finally:
                 raw.close()
         return {row[0]: ((row[1], row[2], row[3], row[4]), row[5]) for row in rows}

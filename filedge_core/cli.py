@@ -102,20 +102,54 @@ def main() -> None:
     metavar="SECONDS",
     help="On SIGTERM/SIGINT: how long the file being loaded may take to finish before its lease is given back.",
 )
+@click.option("--watch", is_flag=True, help="Keep scanning and loading until SIGTERM/SIGINT (a service's entry point).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch: the pause between two scans.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no warnings; errors and the summary only.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as a JSON object with every file's outcome (one per scan with --watch).",
+)
 @handle_errors
-def run(directory: str, config_path: str, audit_db_url: str, workers: int, grace: float) -> None:
+def run(
+    directory: str,
+    config_path: str,
+    audit_db_url: str,
+    workers: int,
+    grace: float,
+    watch: bool,
+    interval: float,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Load every new file in DIR once; reclaim stale leases; retry failed files.
 
     Prints `Committed: N Failed: N Skipped: N New: N Reclaimed: N Retried: N`. Exit code 0 when
-    every file is committed or needed no work, 1 when any file failed, 2 for usage or
-    configuration errors. SIGTERM or SIGINT stops claiming files; the file being loaded gets
-    --grace seconds, then its lease is given back without charging an attempt; the summary is
-    printed and the exit code is 143 (SIGTERM) or 130 (SIGINT)."""
+    every file is committed or needed no work, 1 when any file failed (or the destination
+    became unreachable), 2 for usage or configuration errors. SIGTERM or SIGINT stops claiming
+    files; the file being loaded gets --grace seconds, then its lease is given back without
+    charging an attempt; the summary is printed and the exit code is 143 (SIGTERM) or 130
+    (SIGINT).
+
+    On a terminal a progress bar shows files, rows, throughput and the file being loaded;
+    otherwise a progress line is printed every 10 seconds (stderr).
+
+    With --watch the scan repeats every --interval seconds; a summary is printed for each scan
+    that did something; a database that cannot be reached is a warning and the next scan tries
+    again; SIGTERM/SIGINT ends it with exit code 0 once the file being loaded is settled."""
     from .shutdown import SHUTDOWN, disarm, install
 
     install(grace)
     from .config import load_pipeline
-    from .runner import FileResult, run_pipeline
+    from .runner import FileResult
 
     config = load_pipeline(config_path)
 
@@ -126,21 +160,79 @@ def run(directory: str, config_path: str, audit_db_url: str, workers: int, grace
                 err=True,
             )
 
-    if workers > 1:
-        from .workers import run_parallel
+    shown: set[str] = set()
 
-        summary = run_parallel(config, directory, audit_db_url, workers, on_result=report, grace=grace)
-    else:
-        audit = _audit(audit_db_url)
-        try:
-            summary = run_pipeline(config, directory, audit, on_result=report)
-        finally:
+    def show(summary: Any, line: bool = True) -> None:
+        if not quiet:
+            for warning in summary.warnings:
+                if warning not in shown:
+                    click.echo(one_line(f"filedge: warning: {warning}"), err=True)
+                if watch:  # a FAILED file is announced once, not at every scan
+                    shown.add(warning)
+        if line:
+            click.echo(json.dumps(summary.as_dict()) if as_json else summary.line())
+
+    audit = _audit(audit_db_url) if workers == 1 else None
+    try:
+        while True:
+            summary = _run_once(config, directory, audit, audit_db_url, workers, grace, report, quiet, watch)
+            if not watch:
+                disarm()
+                show(summary)
+                sys.exit(SHUTDOWN.exit_code or summary.exit_code)
+            if summary is not None:  # a summary line only for a scan that did something
+                show(summary, line=summary.eventful or SHUTDOWN.requested)
+            if SHUTDOWN.requested or SHUTDOWN.wait(interval):
+                disarm()
+                sys.exit(0)
+    finally:
+        if audit is not None:
             audit.dispose()
-    disarm()
-    for warning in summary.warnings:
-        click.echo(one_line(f"filedge: warning: {warning}"), err=True)
-    click.echo(summary.line())
-    sys.exit(SHUTDOWN.exit_code or summary.exit_code)
+
+
+def _run_once(
+    config: Any,
+    directory: str,
+    audit: Any,
+    audit_db_url: str,
+    workers: int,
+    grace: float,
+    report: Callable[[Any], None],
+    quiet: bool,
+    watch: bool,
+) -> Any:
+    """One scan and load, with the progress display; under --watch a database that cannot be
+    reached is a warning (None is returned) rather than the end."""
+    from .errors import DatabaseUnavailable
+    from .progress import Progress
+
+    progress = Progress.for_stream(quiet)
+
+    def result(r: Any) -> None:
+        progress.result(r)
+        report(r)
+
+    try:
+        if workers > 1:
+            from .workers import run_parallel
+
+            return run_parallel(
+                config, directory, audit_db_url, workers, on_result=result, grace=grace,
+                on_plan=progress.plan, on_start=progress.start,
+            )
+        from .runner import run_pipeline
+
+        return run_pipeline(config, directory, audit, on_result=result, on_plan=progress.plan, on_start=progress.start)
+    except DatabaseUnavailable as exc:
+        if not watch:
+            raise
+        progress.close()
+        from .dburl import mask
+
+        click.echo(one_line(f"filedge: warning: {mask(exc.message)}; trying again at the next scan"), err=True)
+        return None
+    finally:
+        progress.close()
 
 
 @main.command()

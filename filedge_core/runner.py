@@ -47,7 +47,8 @@ class FileResult:
     ``released`` (the file changed while read), ``fenced`` (another worker's newer claim won),
     ``busy`` (another worker holds a live lease), ``interrupted`` (the run was stopped; the lease
     was given back without charging the attempt), ``given_back`` (the destination could not be
-    reached: not the file's fault, so the lease was given back uncharged and the run stops). ``retryable``: a later attempt may succeed.
+    reached: not the file's fault, so the lease was given back uncharged and the run stops).
+    ``retryable``: a later attempt may succeed.
     ``note``: what else the user should know (e.g. a snapshot superseded by a newer one)."""
 
     file_hash: str
@@ -89,6 +90,38 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed or self.stopped_by else 0
+
+    @property
+    def eventful(self) -> bool:
+        """Whether anything happened beyond skipping files that needed no work."""
+        return bool(self.committed or self.failed or self.new or self.reclaimed or self.retried or self.stopped_by)
+
+    def as_dict(self) -> dict[str, object]:
+        """The counters, warnings and every claimed file's result, for ``--json``."""
+        return {
+            "committed": self.committed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "new": self.new,
+            "reclaimed": self.reclaimed,
+            "retried": self.retried,
+            "stopped_by": self.stopped_by,
+            "warnings": self.warnings,
+            "files": [
+                {
+                    "file_hash": r.file_hash,
+                    "path": r.path,
+                    "outcome": r.outcome,
+                    "rows_written": r.rows_written,
+                    "rows_rejected": r.rows_rejected,
+                    "attempts": r.attempts,
+                    "duration_s": round(r.duration_s, 6),
+                    "error": r.error,
+                    "note": r.note,
+                }
+                for r in self.results
+            ],
+        }
 
     def add(self, result: FileResult) -> None:
         """Count one claimed file's outcome."""
@@ -426,8 +459,11 @@ def work(
     summary: RunSummary,
     worker: str | None = None,
     on_result: Callable[[FileResult], None] | None = None,
+    on_start: Callable[[WorkItem], None] | None = None,
 ) -> RunSummary:
-    """Claim and load each item that no other worker holds; add the outcomes to ``summary``."""
+    """Claim and load each item that no other worker holds; add the outcomes to ``summary``.
+
+    ``on_start`` is told of each file claimed, ``on_result`` of each outcome."""
     from .connectors import open_connector
 
     worker = worker or worker_id()
@@ -447,6 +483,8 @@ def work(
                 continue
             if claim.previous_state == FileState.FAILED.value:
                 summary.retried += 1
+            if on_start:
+                on_start(item)
             result = process_claim(claim, item.path, config, audit, connector)
             summary.add(result)
             if on_result:
@@ -494,11 +532,15 @@ def run_pipeline(
     audit: AuditStore,
     worker: str | None = None,
     on_result: Callable[[FileResult], None] | None = None,
+    on_plan: Callable[[RunPlan], None] | None = None,
+    on_start: Callable[[WorkItem], None] | None = None,
 ) -> RunSummary:
     """One pass over ``directory``: every file that needs work is claimed and loaded once."""
     plan = plan_run(config, directory, audit)
+    if on_plan:
+        on_plan(plan)
     if plan.items:
-        work(config, plan.items, audit, plan.summary, worker, on_result)
+        work(config, plan.items, audit, plan.summary, worker, on_result, on_start)
     return plan.summary
 
 

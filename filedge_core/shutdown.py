@@ -37,6 +37,10 @@ class Shutdown:
             self.signal = signum
         self._event.set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking as soon as a stop is asked for; whether one was."""
+        return self._event.wait(seconds)
+
     @property
     def exit_code(self) -> int | None:
         """143 after SIGTERM, 130 after SIGINT, None when no stop was asked for."""

@@ -17,7 +17,7 @@ from typing import Any
 from .audit import AuditStore
 from .config import PipelineConfig
 from .connectors import open_connector
-from .runner import FileResult, RunSummary, WorkItem, plan_run, work, worker_id
+from .runner import FileResult, RunPlan, RunSummary, WorkItem, plan_run, work, worker_id
 from .shutdown import DEFAULT_GRACE_SECONDS, SHUTDOWN, Interrupted, disarm, install
 
 _POLL_S = 0.2
@@ -33,7 +33,10 @@ def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], 
     audit = AuditStore(audit_url)
     summary = RunSummary()
     try:
-        work(config, items, audit, summary, worker_id(), on_result=lambda r: out.put(("result", r)))
+        work(
+            config, items, audit, summary, worker_id(),
+            on_result=lambda r: out.put(("result", r)), on_start=lambda i: out.put(("start", i)),
+        )
         disarm()
         out.put(("done", summary.retried, summary.warnings))
     except Exception as exc:  # reported by the parent as this worker's failure
@@ -64,6 +67,8 @@ def run_parallel(
     workers: int,
     on_result: Callable[[FileResult], None] | None = None,
     grace: float = DEFAULT_GRACE_SECONDS,
+    on_plan: Callable[[RunPlan], None] | None = None,
+    on_start: Callable[[WorkItem], None] | None = None,
 ) -> RunSummary:
     """Like ``run_pipeline`` with ``workers`` processes; returns one merged summary.
 
@@ -75,6 +80,8 @@ def run_parallel(
         summary, items = plan.summary, plan.items
     finally:
         audit.dispose()
+    if on_plan:
+        on_plan(plan)
     if not items:
         return summary
     connector = open_connector(config)
@@ -115,6 +122,9 @@ def run_parallel(
             summary.add(result)
             if on_result:
                 on_result(result)
+        elif kind == "start":
+            if on_start:
+                on_start(payload[0])
         elif kind == "done":
             finished += 1
             summary.retried += payload[0]

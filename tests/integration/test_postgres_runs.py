@@ -3,6 +3,7 @@ and many concurrent workers."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -257,6 +258,36 @@ def test_a_destination_back_within_connect_retry_seconds_is_waited_for(ws: Works
         assert sorted(ws.rows_per_hash().values()) == [50, 50]
         assert ws.run().stdout == "Committed: 1 Failed: 0 Skipped: 2 New: 0 Reclaimed: 0 Retried: 1\n"
         assert ws.rows_per_hash() == {h: 50 for h in hashes}
+    finally:
+        proxy.close()
+
+
+def test_watch_rides_out_the_audit_database_going_away(tmp_path: Path, pg_database: str) -> None:
+    """`filedge run --watch` as a service: the audit database refuses connections for a few
+    seconds; each scan meanwhile is a one-line warning, and loading resumes when it is back."""
+    address = urlsplit(pg_database)
+    proxy = Proxy((address.hostname or "127.0.0.1", address.port or 5432))
+    try:
+        audit_url = urlunsplit(address._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
+        ws = Workspace(tmp_path, audit_url=audit_url, dest_url=pg_database)
+        first = hash_file(ws.add("a.csv", orders_csv(2)))
+        proc = ws.popen_run("--watch", "--interval", "0.2")
+        try:
+            test_crash.wait_for(lambda: ws.audit().counts()["COMMITTED"] == 1)
+            proxy.refuse()
+            time.sleep(4)
+            second = hash_file(ws.add("b.csv", orders_csv(3, start=10)))
+            proxy.accept()
+            test_crash.wait_for(lambda: ws.audit().counts()["COMMITTED"] == 2)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert "trying again at the next scan" in err and "Traceback" not in err
+        assert out.splitlines()[-1] == "Committed: 1 Failed: 0 Skipped: 1 New: 1 Reclaimed: 0 Retried: 0"
+        assert ws.rows_per_hash() == {first: 2, second: 3}
     finally:
         proxy.close()
 

@@ -74,7 +74,7 @@ class Report:
             "  faults injected:",
         ]
         lines += [f"    {kind:<13} {count}" for kind, count in sorted(self.faults.items())]
-        lines.append("  what the workers reported:")
+        lines.append("  observed (workers' stderr, audit snapshots):")
         lines += [f"    {what:<40} {count}" for what, count in sorted(self.seen.items())]
         lines.append("  end state:")
         lines += [f"    {what:<40} {count}" for what, count in sorted(self.outcome.items())]
@@ -214,6 +214,8 @@ class Nemesis:
     proxy: Proxy | None = None
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     stopped: list[tuple[subprocess.Popen[str], float]] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=dict)  # the highest claim token seen per hash
+    last_look: float = 0.0
 
     def kinds(self) -> list[tuple[str, float]]:
         weights = [("sigkill", 30.0), ("sigstop", 12.0), ("sigterm", 10.0), ("append", 6.0), ("truncate", 5.0),
@@ -245,6 +247,8 @@ class Nemesis:
             if scheduled and time.monotonic() >= scheduled[0][0]:
                 kind = scheduled.pop(0)[1]
             self.inject(kind)
+            if time.monotonic() - self.last_look >= 1.0:
+                self.look_at_tokens()
         for proc, _ in self.stopped:
             _resume(proc)
         for proc in self.procs:
@@ -254,6 +258,28 @@ class Nemesis:
                 proc.kill()
                 self.report.faults["stuck"] += 1
         self.reap()
+
+    def look_at_tokens(self) -> None:
+        """Claim tokens never go backwards: compare the audit's with the highest seen so far."""
+        self.last_look = time.monotonic()
+        try:
+            audit = self.ws.audit()
+        except Exception:  # noqa: BLE001 -- the database may be down right now: look later
+            return
+        try:
+            rows = audit.rows()
+        except Exception:  # noqa: BLE001
+            return
+        finally:
+            audit.dispose()
+        for row in rows:
+            seen = self.tokens.get(row.file_hash, 0)
+            if row.claim_token < seen:
+                self.report.violations.append(
+                    f"{row.file_hash[:12]}: claim token went back from {seen} to {row.claim_token}"
+                )
+            self.tokens[row.file_hash] = max(seen, row.claim_token)
+        self.report.seen["audit snapshots taken (tokens checked)"] += 1
 
     def reap(self) -> None:
         """Forget the workers that ended, counting what they said on stderr."""

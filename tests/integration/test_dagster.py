@@ -301,6 +301,27 @@ def test_quarantined_rows_show_in_the_materialization(ws: Workspace, instance: d
     ]
 
 
+def test_after_commit_moves_files_from_the_asset_and_the_sensor(ws: Workspace, instance: dg.DagsterInstance) -> None:
+    """The asset cleans up each file it commits; a later tick cleans up the same bytes dropped
+    in again (they are COMMITTED already, so no run is requested for them)."""
+    ws.configure(after_commit={"move": "archive"})
+    harness = Harness(ws, instance, write_pipeline_set(ws))
+    ws.add("a.csv", orders_csv(2))
+    _, runs = harness.tick_and_run()
+    assert len(runs) == 1 and runs[0].success
+    archive = ws.root / "archive"
+    assert sorted(p.name for p in ws.incoming.iterdir()) == []
+    assert sorted(p.name for p in archive.iterdir()) == ["a.csv"]
+    (events,) = harness.materializations(runs[0].dagster_run.run_id).values()
+    assert events[0]["path"] == str(archive / "a.csv")
+
+    ws.add("again.csv", orders_csv(2))
+    result, runs = harness.tick_and_run()
+    assert runs == [] and not result.run_requests
+    assert sorted(p.name for p in archive.iterdir()) == ["a.csv", "again.csv"]
+    assert sum(ws.rows_per_hash().values()) == 2
+
+
 # -- (d) many files: few runs ------------------------------------------------------------------------
 
 

@@ -101,7 +101,9 @@ def test_four_concurrent_processes_200_files(ws: Workspace) -> None:
 
 def test_workers_option_shares_the_audit_table(ws: Workspace) -> None:
     hashes = make_files(ws, 60, 100)
-    result = ws.run("--workers", "4")
+    # Each file takes 0.15 s or more, so that one worker alone would need 9 s: on a loaded
+    # machine the first worker must not finish everything before the others have started.
+    result = ws.run("--workers", "4", env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:0.15"})
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Committed: 60 Failed: 0 Skipped: 0 New: 60 Reclaimed: 0 Retried: 0\n"
     assert ws.rows_per_hash() == {h: 100 for h in hashes}

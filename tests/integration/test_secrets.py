@@ -102,12 +102,17 @@ def test_dagster_metadata_and_events_hold_no_password(tmp_path: Path, secret_url
         for request in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         job = defs.resolve_implicit_global_asset_job_def()
-        for request in result.run_requests or []:
+        run_ids = [
             job.execute_in_process(
                 instance=instance, tags=request.tags, asset_selection=request.asset_selection, raise_on_error=False
-            )
-        records = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_FAILURE))
-        assert records, "the bad file fails its step"
-        logs = "\n".join(str(entry) for entry in instance.all_logs(records[0].run_id))
+            ).run_id
+            for request in result.run_requests or []
+        ]
+        failures = [
+            run_id for run_id in run_ids
+            if instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        ]
+        assert failures, "the bad file fails its step"
+        logs = "\n".join(str(entry) for run_id in run_ids for entry in instance.all_logs(run_id))
     assert PASSWORD not in logs
     assert "'x' is not a valid float" in logs and "rows_written" in logs  # the logs hold the details

@@ -29,7 +29,7 @@ from typing import Any
 from .audit import AuditStore, FileState, VerifyRow, _iso, parse_timestamp
 from .config import PipelineConfig
 from .connectors.base import Inventory, LedgerEntry
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 
 # Kinds of findings; every one but PENDING_REWRITE is a disagreement.
 ORPHAN = "orphan"
@@ -156,6 +156,9 @@ def verify_pipeline(
     """Reconcile one pipeline; with ``fix``, repair what a reload can (see ``repair``)."""
     from .connectors import open_connector
 
+    if directory is not None and not os.path.isdir(directory):  # before anything is read
+        problem = "not a directory" if os.path.exists(directory) else "no such directory"
+        raise ConfigError(f"--dir {os.path.abspath(directory)}: {problem}")
     since = audit.clock()  # before the destination is read: later commits are "recent"
     connector = open_connector(config)
     try:

@@ -49,26 +49,27 @@ FILES = {
 MakeWs = Callable[..., Workspace]
 
 
+def workspace(root: Path, mode: str, urls: str | None = None) -> Workspace:
+    """A workspace for a write mode with the three files in incoming/: SQLite files, or the
+    audit table and the destination both at ``urls``."""
+    ws = Workspace(root, audit_url=urls, dest_url=urls)
+    ws.configure(
+        write_mode=mode,
+        on_error="quarantine",
+        columns=[
+            {"source": "order_id", "type": "int", "required": True},
+            {"source": "amount", "type": "decimal", "precision": 10, "scale": 2, "required": True},
+        ],
+        **({"key": ["order_id"]} if mode == "upsert" else {}),
+    )
+    for name, text in FILES.items():
+        ws.add(name, text)
+    return ws
+
+
 @pytest.fixture
 def make_ws(tmp_path: Path) -> MakeWs:
-    """A workspace for a write mode, with the three files in incoming/ (SQLite files)."""
-
-    def make(mode: str, urls: str | None = None) -> Workspace:
-        ws = Workspace(tmp_path, audit_url=urls, dest_url=urls)
-        ws.configure(
-            write_mode=mode,
-            on_error="quarantine",
-            columns=[
-                {"source": "order_id", "type": "int", "required": True},
-                {"source": "amount", "type": "decimal", "precision": 10, "scale": 2, "required": True},
-            ],
-            **({"key": ["order_id"]} if mode == "upsert" else {}),
-        )
-        for name, text in FILES.items():
-            ws.add(name, text)
-        return ws
-
-    return make
+    return lambda mode: workspace(tmp_path, mode)
 
 
 def load(ws: Workspace, reverse: bool = False) -> None:
@@ -300,18 +301,25 @@ def test_replace_current_snapshot_without_its_ledger_row_is_still_current(make_w
 def test_orphan_rows_are_reported_and_never_deleted(make_ws: MakeWs, mode: str) -> None:
     ws = make_ws(mode)
     load(ws)
-    orphan = "f" * 64
+    orphan, ledger_only = "f" * 64, "e" * 64
     insert_row(ws, mode, orphan, 999)
+    ws.execute(
+        "INSERT INTO _filedge_loads (pipeline, file_hash, dest_table, claim_token, row_count, loaded_at) "
+        f"VALUES ('orders', '{ledger_only}', 'orders', 2, 0, '2026-01-01T00:00:00Z')"
+    )
     report = verify(ws)
-    assert found(ws, report) == [(ORPHAN, orphan[:12])]
-    assert report.checked == 4
-    assert report.findings[0].line() == f"orphan: {orphan[:12]} (not in the audit table): orders holds 1 row(s)"
+    assert found(ws, report) == [(ORPHAN, ledger_only[:12]), (ORPHAN, orphan[:12])]
+    assert report.checked == 5
+    assert [f.line() for f in report.findings] == [
+        f"orphan: {ledger_only[:12]} (not in the audit table): orders holds 0 row(s), ledger row_count 0 (token 2)",
+        f"orphan: {orphan[:12]} (not in the audit table): orders holds 1 row(s)",
+    ]
     fixed = verify(ws, fix=True, directory=ws.incoming)
-    assert fixed.repairs is not None and [r.action for r in fixed.repairs] == [NOT_FIXED]
+    assert fixed.repairs is not None and [r.action for r in fixed.repairs] == [NOT_FIXED, NOT_FIXED]
     load(ws)
     after = verify(ws)
-    assert found(ws, after) == [(ORPHAN, orphan[:12])] and after.exit_code == 1
-    assert ws.rows_per_hash()[orphan] == 1
+    assert found(ws, after) == found(ws, report) and after.exit_code == 1
+    assert ws.rows_per_hash()[orphan] == 1 and ledger_only in ws.ledger()
 
 
 def test_rows_of_a_file_the_audit_lost_are_orphans_until_a_run_registers_it_again(make_ws: MakeWs) -> None:

@@ -208,7 +208,7 @@ def reconcile(config: PipelineConfig, rows: list[VerifyRow], inventory: Inventor
     current = current_snapshot(settled, inventory) if config.write_mode == "replace" else None
     latest = max((e.file_order for e in inventory.ledger.values() if e.file_order), default=None)
     for h in sorted(settled):
-        findings.extend(_check(config, settled[h], inventory, current, latest))
+        _check(config, settled[h], inventory, current, latest, findings)
     return findings, len(orphans)
 
 
@@ -233,68 +233,80 @@ def _orphan(config: PipelineConfig, file_hash: str, inventory: Inventory) -> Fin
 
 
 def _check(
-    config: PipelineConfig, row: VerifyRow, inventory: Inventory, current: str | None, latest: str | None
-) -> list[Finding]:
-    """The findings of one file the audit knows."""
+    config: PipelineConfig,
+    row: VerifyRow,
+    inventory: Inventory,
+    current: str | None,
+    latest: str | None,
+    found: list[Finding],
+) -> None:
+    """Add the findings of one file the audit knows to ``found``. (Messages are only built for
+    findings: this runs once per file.)"""
     h, mode = row.file_hash, config.write_mode
     rows, rejects, entry = inventory.rows.get(h, 0), inventory.rejects.get(h, 0), inventory.ledger.get(h)
-    found: list[Finding] = []
 
-    def finding(kind: str, detail: str, **extra: Any) -> None:
+    def add(kind: str, detail: str, **extra: Any) -> None:
         found.append(Finding(kind, h, row.state, row.path, detail, **extra))
 
     if entry is not None and entry.claim_token > row.claim_token:
         detail = f"ledger claim_token {entry.claim_token} > audit claim_token {row.claim_token}: a reload would be refused as fenced"
         if row.state == _PROCESSING:
-            finding(TOKEN, detail, why_left="a worker holds the file (PROCESSING); run verify --fix again later")
+            add(TOKEN, detail, why_left="a worker holds the file (PROCESSING); run verify --fix again later")
         else:
-            finding(TOKEN, detail, target=h)
+            add(TOKEN, detail, target=h)
 
     if mode == "replace" and h != current:
         # Every write deletes the whole table, and the newest snapshot's write zeroes the other
         # files' ledger counts; a superseded file writes nothing (no ledger row, 0 rows written).
         if rows or rejects or (entry is not None and entry.row_count):
             if current is None:
-                finding(REPLACED, _held(config, rows, rejects, entry) + "; no file is known to be the current snapshot",
-                        why_left="no current snapshot to reload")
+                add(REPLACED, _held(config, rows, rejects, entry) + "; no file is known to be the current snapshot",
+                    why_left="no current snapshot to reload")
             else:
-                finding(REPLACED, _held(config, rows, rejects, entry)
-                        + f"; only the current snapshot ({current[:12]}) should have rows", target=current)
-        return found
+                add(REPLACED, _held(config, rows, rejects, entry)
+                    + f"; only the current snapshot ({current[:12]}) should have rows", target=current)
+        return
 
     if row.state != _COMMITTED:
         if rows or rejects:
             if row.state == _PROCESSING or _claimable(row, config.retry_cap):
-                finding(PENDING_REWRITE, _held(config, rows, rejects) + " of this file; the next run rewrites them",
-                        disagreement=False)
+                add(PENDING_REWRITE, _held(config, rows, rejects) + " of this file; the next run rewrites them",
+                    disagreement=False)
             else:
-                finding(STRANDED, _held(config, rows, rejects) + f" of this file, which no run will retry "
-                        f"(attempts {row.attempts}/{config.retry_cap}"
-                        + (f", {row.error_kind} error" if row.error_kind else "") + ")", target=h)
-        return found
+                add(STRANDED, _held(config, rows, rejects) + f" of this file, which no run will retry "
+                    f"(attempts {row.attempts}/{config.retry_cap}"
+                    + (f", {row.error_kind} error" if row.error_kind else "") + ")", target=h)
+        return
 
     written, rejected = row.rows_written or 0, row.rows_rejected or 0
-    rejects_text = f"rows_rejected {rejected}, {config.rejected_table} holds {rejects} rejected row(s)"
     if entry is None:  # one line for the file: its reload rewrites rows, rejects and ledger row
         detail = f"rows_written {written}, {config.dest_table} holds {rows} row(s)"
-        finding(NO_LEDGER, detail + (f"; {rejects_text}" if rejected or rejects else ""), target=h)
-        return found
-    counts = f"rows_written {written}, ledger row_count {entry.row_count}, {config.dest_table} holds {rows} row(s)"
+        if rejected or rejects:
+            detail += f"; {_rejects_text(config, rejected, rejects)}"
+        add(NO_LEDGER, detail, target=h)
+        return
     if mode == "upsert":
         # A row moves to a file of a later order that has the same key: a file may keep fewer
         # rows than it wrote, once such a file was written (it is in the ledger).
-        newer = latest is not None and (entry.file_order is None or latest > entry.file_order)
-        agree = written == entry.row_count and (rows == written or (rows < written and newer))
-        if not agree and rows > entry.row_count:
-            finding(COUNTS, counts, why_left="upsert never deletes rows: a reload would keep the extra rows "
-                    "and count them as this file's; remove them by hand (docs/verify.md)")
-        elif not agree:
-            finding(COUNTS, counts, target=h)
-    elif not written == entry.row_count == rows:
-        finding(COUNTS, counts, target=h)
+        agree = written == entry.row_count and (
+            rows == written
+            or (rows < written and latest is not None and (entry.file_order is None or latest > entry.file_order))
+        )
+    else:
+        agree = written == entry.row_count == rows
+    if not agree:
+        counts = f"rows_written {written}, ledger row_count {entry.row_count}, {config.dest_table} holds {rows} row(s)"
+        if mode == "upsert" and rows > entry.row_count:
+            add(COUNTS, counts, why_left="upsert never deletes rows: a reload would keep the extra rows "
+                "and count them as this file's; remove them by hand (docs/verify.md)")
+        else:
+            add(COUNTS, counts, target=h)
     if rejects != rejected:
-        finding(REJECTS, rejects_text, target=h)
-    return found
+        add(REJECTS, _rejects_text(config, rejected, rejects), target=h)
+
+
+def _rejects_text(config: PipelineConfig, rejected: int, rejects: int) -> str:
+    return f"rows_rejected {rejected}, {config.rejected_table} holds {rejects} rejected row(s)"
 
 
 def repair(

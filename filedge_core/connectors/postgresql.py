@@ -772,7 +772,7 @@ class PostgresConnector:
                     ).format(self.ledger),
                     (self.config.name, self.config.dest_table),
                 )
-                ledger = {h: LedgerEntry(int(t), int(n), o) for h, t, n, o in found}
+                ledger = {h: LedgerEntry(t, n, o) for h, t, n, o in found}
             rows = self._rows_per_hash(self.name, "*")
             rejects = self._rows_per_hash(self.config.rejected_table.rpartition(".")[2], "DISTINCT row_number")
         return Inventory(ledger, rows, rejects)

@@ -369,7 +369,7 @@ class SqliteConnector:
                         "WHERE pipeline = ? AND dest_table = ?",
                         (self.config.name, self.config.dest_table),
                     )
-                    ledger = {h: LedgerEntry(int(t), int(n), o) for h, t, n, o in found}
+                    ledger = {h: LedgerEntry(t, n, o) for h, t, n, o in found}
                 rows = self._rows_per_hash(conn, self.config.dest_table, "*")
                 rejects = self._rows_per_hash(conn, self.config.rejected_table, "DISTINCT row_number")
             finally:

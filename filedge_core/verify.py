@@ -269,7 +269,7 @@ def _check(
 
     if row.state != _COMMITTED:
         if rows or rejects:
-            if row.state == _PROCESSING or _claimable(row, config.retry_cap):
+            if _queued(row, config.retry_cap):
                 add(PENDING_REWRITE, _held(config, rows, rejects) + " of this file; the next run rewrites them",
                     disagreement=False)
             else:
@@ -332,35 +332,52 @@ def repair(
             repairs.append(Repair(f.file_hash, f.path, NOT_FIXED, f.why_left))
         else:
             by_target.setdefault(f.target, []).append(f)
-    # Files to requeue: not held by a worker, and not claimed by the next run anyway.
+    # Files to requeue: known, and not loaded by a worker or the next run anyway.
     reloads = {
         h for h, fs in by_target.items()
-        if any(f.kind != TOKEN for f in fs) and known[h].state != _PROCESSING and not _claimable(known[h], config.retry_cap)
+        if h in known and any(f.kind != TOKEN for f in fs) and not _queued(known[h], config.retry_cap)
     }
     present = _sources_present(config, audit, [known[h] for h in reloads], directory)
+    changed = "its audit row changed while verify ran; run verify again"
     for h in sorted(by_target):
-        fs, row = by_target[h], known[h]
+        fs, row = by_target[h], known.get(h)
+        if row is None:  # replace: the current snapshot is an orphan
+            repairs.append(Repair(h, None, NOT_FIXED, "the current snapshot is not in the audit table", len(fs)))
+            continue
         entry = inventory.ledger.get(h)
         ledger_token = entry.claim_token if entry is not None else 0
-        reasons = "; ".join(f"{f.kind}" + (f" ({f.file_hash[:12]})" if f.file_hash != h else "") + f": {f.detail}" for f in fs)
-        if row.state == _PROCESSING:
-            done = Repair(h, row.path, NOT_FIXED, "a worker holds the file (PROCESSING); run verify --fix again later", len(fs))
-        elif h not in reloads:  # only the token, or the next run reloads it anyway
-            if ledger_token > row.claim_token and not audit.repair(config.name, h, row.state, row.claim_token, ledger_token, None):
-                done = Repair(h, row.path, NOT_FIXED, "its audit row changed while verify ran; run verify again", len(fs))
+        if h not in reloads:  # only its token, or a worker or the next run reloads it anyway
+            if row.state == _PROCESSING:
+                done = Repair(h, row.path, QUEUED, "PROCESSING: its load under way, or its retry, rewrites it", len(fs))
+            elif ledger_token > row.claim_token and not audit.repair(
+                config.name, h, row.state, row.claim_token, ledger_token, None
+            ):
+                done = Repair(h, row.path, NOT_FIXED, changed, len(fs))
             elif any(f.kind != TOKEN for f in fs):
-                done = Repair(h, row.path, QUEUED, f"{row.state}: the next run reloads it", len(fs))
+                raised = f" (claim_token raised to {ledger_token})" if ledger_token > row.claim_token else ""
+                done = Repair(h, row.path, QUEUED, f"{row.state}: the next run reloads it{raised}", len(fs))
             else:
                 done = Repair(h, row.path, TOKEN_RAISED, f"claim_token {row.claim_token} -> {ledger_token}", len(fs))
-        elif h not in present:
+            repairs.append(done)
+            continue
+        reasons = "; ".join(
+            f.kind + (f" ({f.file_hash[:12]})" if f.file_hash != h else "") + f": {f.detail}" for f in fs
+        )
+        if h not in present:
             where = f"in {directory}" if directory is not None else f"at {row.path}"
             done = Repair(h, row.path, NOT_FIXED, f"its bytes are not {where} any more, so no run could reload it", len(fs))
         elif audit.repair(config.name, h, row.state, row.claim_token, ledger_token, f"verify: {reasons}"):
             done = Repair(h, row.path, REQUEUED, reasons, len(fs))
         else:
-            done = Repair(h, row.path, NOT_FIXED, "its audit row changed while verify ran; run verify again", len(fs))
+            done = Repair(h, row.path, NOT_FIXED, changed, len(fs))
         repairs.append(done)
     return repairs
+
+
+def _queued(row: VerifyRow, retry_cap: int) -> bool:
+    """Whether the file will be written again without a requeue: held by a worker (whose load,
+    or its retry once the lease is reclaimed, rewrites it), or claimable by the next run."""
+    return row.state == _PROCESSING or _claimable(row, retry_cap)
 
 
 def _sources_present(

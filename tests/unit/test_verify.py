@@ -447,17 +447,40 @@ def test_upsert_extra_rows_are_reported_not_reloaded(make_ws: MakeWs) -> None:
     assert "upsert never deletes rows" in fixed.repairs[0].detail
 
 
-def test_a_requeued_replace_snapshot_that_is_pending_already_is_left_to_the_run(make_ws: MakeWs) -> None:
+@pytest.mark.parametrize("state", ["PENDING", "PROCESSING"])
+def test_a_replace_snapshot_that_will_be_loaded_anyway_is_left_to_the_run(make_ws: MakeWs, state: str) -> None:
     ws = make_ws("replace")
     load(ws)
+    clean = table(ws)
     insert_row(ws, "replace", h(ws, "a.csv"), 77)
-    audit_sql(ws, "UPDATE etl_file_audit SET state = 'PENDING' WHERE file_hash = :h", h=h(ws, "c.csv"))
+    audit_sql(ws, "UPDATE etl_file_audit SET state = :s WHERE file_hash = :h", s=state, h=h(ws, "c.csv"))
     report = verify(ws, fix=True)
     assert found(ws, report) == [(REPLACED, "a.csv")]
     assert found(ws, report, disagreement=False) == [(PENDING_REWRITE, "c.csv")]
-    assert report.repairs is not None and [r.action for r in report.repairs] == [QUEUED]
+    assert report.repairs is not None and [(r.action, r.detail) for r in report.repairs] == [
+        (QUEUED, "PENDING: the next run reloads it" if state == "PENDING"
+         else "PROCESSING: its load under way, or its retry, rewrites it")
+    ]
+    ws.age_leases()
     load(ws)
-    assert verify(ws).findings == []
+    assert verify(ws).findings == [] and table(ws) == clean
+
+
+def test_replace_with_an_orphan_as_the_latest_snapshot(make_ws: MakeWs) -> None:
+    ws = make_ws("replace")
+    load(ws)
+    orphan = "d" * 64
+    ws.execute(
+        "INSERT INTO _filedge_loads (pipeline, file_hash, dest_table, claim_token, row_count, loaded_at, file_order) "
+        f"VALUES ('orders', '{orphan}', 'orders', 1, 0, '2026-01-01T00:00:00Z', '9999')"
+    )
+    report = verify(ws, fix=True, directory=ws.incoming)
+    assert found(ws, report) == [(ORPHAN, orphan[:12]), (REPLACED, "c.csv")]
+    assert report.repairs is not None
+    assert [(r.action, r.detail) for r in report.repairs] == [
+        (NOT_FIXED, "rows of a hash the audit does not know are never deleted by filedge (docs/verify.md)"),
+        (NOT_FIXED, "the current snapshot is not in the audit table"),
+    ]
 
 
 # -- reading while runs commit, and the wrong databases ---------------------------------------------

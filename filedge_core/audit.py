@@ -723,7 +723,7 @@ class VerifyRow(NamedTuple):
     rows_written: int | None
     rows_rejected: int | None
     created_at: Any
-    recent: bool  # committed after verify read the destination: its checks are skipped
+    recent: bool  # committed at or after the time given (verify began reading): not compared
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

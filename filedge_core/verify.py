@@ -14,9 +14,10 @@ Rejected rows are counted as distinct ``row_number`` per hash in ``<dest_table>_
 Rows of a file that is not COMMITTED are what an interrupted attempt left; the next run's retry
 rewrites them ("pending rewrite", not a disagreement) unless no run will retry the file.
 
-The destination is read first, in one snapshot, then the audit table: a hash whose rows were in
-the destination before its audit row was read and that has no audit row is a real orphan, and a
-file committed after the destination was read (``recent``) is skipped, not misreported."""
+The destination is read first, in one snapshot, then the audit table: a hash with rows in that
+snapshot and no audit row afterwards is a real orphan (files are registered before they are
+written), and a file committed after verify began reading (``recent``) is not compared: its rows
+may have been written after the snapshot."""
 
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditStore, FileState, VerifyRow, _iso, parse_timestamp
-from .config import PipelineConfig
-from .connectors.base import Inventory, LedgerEntry
 from .errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+    from .connectors.base import Inventory, LedgerEntry
 
 # Kinds of findings; every one but PENDING_REWRITE is a disagreement.
 ORPHAN = "orphan"

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -651,6 +651,84 @@ class AuditStore:
                 raise UsageError(f"--hash {prefix}: prefix matches more than one file; give more characters")
             resolved.append(found[0])
         return resolved
+
+    # -- filedge verify -------------------------------------------------------------------
+
+    def has_schema(self) -> bool:
+        """Whether the audit table exists (checked without creating anything)."""
+        if self.backend == "sqlite":
+            path = sqlite_path(self.url)
+            if path != ":memory:":
+                from pathlib import Path
+
+                if not Path(path).is_file():
+                    return False
+        with self._errors():
+            return sa.inspect(self.engine).has_table(TABLE_NAME)
+
+    def clock(self) -> Any:
+        """The audit database's time now, as ``committed_at`` is written (text on SQLite)."""
+        return self._execute(sa.select(self._now))[0][0]
+
+    def verify_rows(self, pipeline: str, committed_since: Any) -> list[VerifyRow]:
+        """Every audit row of a pipeline, as ``filedge verify`` reads them: ``recent`` when
+        committed at or after ``committed_since`` (a ``clock()`` value). Read through the driver
+        directly, like ``cached_hashes``."""
+        marker = "?" if self.backend == "sqlite" else "%s"
+        query = (
+            "SELECT file_hash, state, path, attempts, claim_token, error_kind, rows_written, rows_rejected, "
+            f"created_at, committed_at IS NOT NULL AND committed_at >= {marker} "
+            f"FROM {TABLE_NAME} WHERE pipeline = {marker}"
+        )
+        with self._errors():
+            raw = self.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute(query, (committed_since, pipeline))
+                rows = cursor.fetchall()
+                cursor.close()
+                raw.commit()
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(str(exc).strip())}") from None
+            finally:
+                raw.close()
+        return [VerifyRow(*row[:9], bool(row[9])) for row in rows]
+
+    def repair(
+        self, pipeline: str, file_hash: str, state: str, token: int, token_at_least: int, requeue_reason: str | None
+    ) -> bool:
+        """``filedge verify --fix``, only if the row is still in ``state`` under ``token``: raise
+        its claim token to ``token_at_least`` (the ledger's: a reload under an older token would
+        be refused as fenced); with ``requeue_reason``, also requeue it: PENDING, attempts 0,
+        ``last_error`` the reason. False if the row changed since it was read."""
+        values: dict[str, Any] = {
+            "claim_token": sa.case((_t.claim_token < token_at_least, token_at_least), else_=_t.claim_token),
+            "updated_at": self._now,
+        }
+        if requeue_reason is not None:
+            values |= {"state": FileState.PENDING.value, "attempts": 0, "last_error": requeue_reason, "error_kind": None}
+        stmt = (
+            sa.update(audit_table)
+            .where(_t.pipeline == pipeline, _t.file_hash == file_hash, _t.state == state, _t.claim_token == token)
+            .values(**values)
+            .returning(_t.file_hash)
+        )
+        return len(self._execute(stmt)) == 1
+
+
+class VerifyRow(NamedTuple):
+    """An audit row as ``filedge verify`` reads it (``created_at`` as stored)."""
+
+    file_hash: str
+    state: str
+    path: str
+    attempts: int
+    claim_token: int
+    error_kind: str | None
+    rows_written: int | None
+    rows_rejected: int | None
+    created_at: Any
+    recent: bool  # committed at or after the time given (verify began reading): not compared
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -339,5 +339,46 @@ def validate(config_path: str, directory: str | None) -> None:
     sys.exit(1 if failed else 0)
 
 
+VERIFY_INCOMPLETE = 3  # verify could not read a database: nothing was concluded
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, metavar="FILE", help="Pipeline YAML file.")
+@audit_option
+@click.option("--fix", is_flag=True, help="Requeue the files whose reload repairs a disagreement (never deletes rows).")
+@click.option("--dir", "directory", metavar="DIR", help="With --fix: requeue only files whose bytes are in DIR (default: at their recorded path).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+@handle_errors
+def verify(config_path: str, audit_db_url: str, fix: bool, directory: str | None, as_json: bool) -> None:
+    """Reconcile the audit table, the destination's ledger and its rows per file.
+
+    One line per disagreement (and per file whose rows the next run rewrites), then
+    `Checked: N files; disagreements: M; pending rewrite: P`. Exit 0 when everything agrees,
+    1 when any disagreement was found (with --fix too), 2 for usage or configuration errors,
+    3 when a database could not be read. See docs/verify.md."""
+    from .config import load_pipeline
+    from .verify import open_audit, verify_pipeline
+
+    config = load_pipeline(config_path)
+    try:
+        audit = open_audit(audit_db_url)
+        try:
+            report = verify_pipeline(config, audit, fix=fix, directory=directory)
+        finally:
+            audit.dispose()
+    except FiledgeError as exc:
+        if exc.exit_code != 1:
+            raise
+        _fail(exc.message, VERIFY_INCOMPLETE)  # 1 would read as "disagreements found"
+        return
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        for line in [f.line() for f in report.findings] + [r.line() for r in report.repairs or []]:
+            click.echo(one_line(line))
+        click.echo(report.summary())
+    sys.exit(report.exit_code)
+
+
 if __name__ == "__main__":
     main()

@@ -128,6 +128,17 @@ class Workspace:
         with psycopg.connect(libpq_url(self.dest_url)) as conn:
             return conn.execute(sql).fetchall()
 
+    def execute(self, sql: str) -> None:
+        """Run a statement on the destination database and commit it."""
+        if self.dest_url.startswith("sqlite"):
+            with sqlite3.connect(self.dest_path) as conn:
+                conn.execute(sql)
+            return
+        import psycopg
+
+        with psycopg.connect(libpq_url(self.dest_url)) as conn:
+            conn.execute(sql)
+
     def dest_rows(self, table: str = "orders") -> list[tuple[Any, ...]]:
         return self.query(f'SELECT * FROM {table}')
 

@@ -39,6 +39,8 @@ from .base import (
     ORDER_COLUMN,
     REJECT_COLUMNS,
     FileWrite,
+    Inventory,
+    LedgerEntry,
     WriteResult,
     shared_table_error,
 )
@@ -790,6 +792,46 @@ class PostgresConnector:
         return LeaseLost(
             f"write refused: claim token {token} is older than {older_than} in {self.schema}.{LEDGER_TABLE}"
         )
+
+    # -- verify ---------------------------------------------------------------------------
+
+    def inventory(self) -> Inventory:
+        """The ledger rows of this pipeline and table, and rows per hash of the table and its
+        rejects table, in one REPEATABLE READ, READ ONLY transaction (one snapshot)."""
+        conn = self._connection()
+        with self._errors(), conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            ledger = {}
+            if self._exists(LEDGER_TABLE):
+                found = conn.execute(
+                    sql.SQL(
+                        "SELECT file_hash, claim_token, row_count, file_order FROM {} "
+                        "WHERE pipeline = %s AND dest_table = %s"
+                    ).format(self.ledger),
+                    (self.config.name, self.config.dest_table),
+                )
+                ledger = {h: LedgerEntry(t, n, o) for h, t, n, o in found}
+            rows = self._rows_per_hash(self.name, "*")
+            rejects = self._rows_per_hash(self.config.rejected_table.rpartition(".")[2], "DISTINCT row_number")
+        return Inventory(ledger, rows, rejects)
+
+    def _rows_per_hash(self, name: str, counted: str) -> dict[str, int]:
+        """``count(<counted>)`` per file hash of ``schema.name``, in one ``GROUP BY`` ({} if there is no table)."""
+        assert self._conn is not None
+        columns = self._columns(name)
+        if columns is None:
+            return {}
+        if HASH_COLUMN not in columns:
+            raise ConfigError(
+                f"dest_table: table {self.schema}.{name} has no {HASH_COLUMN} column (it was not created by filedge)"
+            )
+        hashed = sql.Identifier(HASH_COLUMN)
+        found = self._conn.execute(
+            sql.SQL("SELECT {}, count({}) FROM {} GROUP BY {}").format(
+                hashed, sql.SQL(counted), sql.Identifier(self.schema, name), hashed
+            )
+        )
+        return {h: int(n) for h, n in found}
 
     def close(self) -> None:
         self._drop_connection()

@@ -21,6 +21,8 @@ from .base import (
     ORDER_COLUMN,
     REJECT_COLUMNS,
     FileWrite,
+    Inventory,
+    LedgerEntry,
     WriteResult,
     shared_table_error,
 )
@@ -353,6 +355,40 @@ class SqliteConnector:
                 "AND file_hash <> ? AND row_count <> 0",
                 (request.pipeline, self.config.dest_table, request.file_hash),
             )
+
+    def inventory(self) -> Inventory:
+        """The ledger rows of this pipeline and table, and rows per hash of the table and its
+        rejects table, in one read transaction (one snapshot). A missing file is not created."""
+        if self.path != ":memory:" and not Path(self.path).exists():
+            return Inventory({}, {}, {})
+        conn = self._connection()
+        with self._errors():
+            conn.execute("BEGIN")
+            try:
+                ledger = {}
+                if self._existing_columns(conn, LEDGER_TABLE) is not None:
+                    found = conn.execute(
+                        f"SELECT file_hash, claim_token, row_count, file_order FROM {quote(LEDGER_TABLE)} "
+                        "WHERE pipeline = ? AND dest_table = ?",
+                        (self.config.name, self.config.dest_table),
+                    )
+                    ledger = {h: LedgerEntry(t, n, o) for h, t, n, o in found}
+                rows = self._rows_per_hash(conn, self.config.dest_table, "*")
+                rejects = self._rows_per_hash(conn, self.config.rejected_table, "DISTINCT row_number")
+            finally:
+                conn.execute("COMMIT")
+        return Inventory(ledger, rows, rejects)
+
+    def _rows_per_hash(self, conn: sqlite3.Connection, table: str, counted: str) -> dict[str, int]:
+        """``count(<counted>)`` per file hash of ``table``, in one ``GROUP BY`` ({} if there is no table)."""
+        existing = self._existing_columns(conn, table)
+        if existing is None:
+            return {}
+        if HASH_COLUMN.lower() not in existing:
+            raise ConfigError(f"dest_table: table {table!r} has no {HASH_COLUMN} column (it was not created by filedge)")
+        hashed = quote(HASH_COLUMN)
+        found = conn.execute(f"SELECT {hashed}, count({counted}) FROM {quote(table)} GROUP BY {hashed}")
+        return {h: int(n) for h, n in found}
 
     def close(self) -> None:
         if self._conn is not None:

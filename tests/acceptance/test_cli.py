@@ -12,7 +12,7 @@ NO_AUDIT_ENV = {"FILEDGE_AUDIT_DB_URL": ""}
 
 
 def test_every_command_has_help() -> None:
-    assert COMMANDS == ["list", "requeue", "run", "status", "validate"]
+    assert COMMANDS == ["list", "requeue", "run", "status", "validate", "verify"]
     top = filedge("--help")
     assert top.returncode == 0
     for name in COMMANDS:

@@ -64,10 +64,14 @@ def test_no_output_or_table_holds_the_password(tmp_path: Path, secret_url: str) 
         filedge("status", "--audit-db-url", wrong_db),
         filedge("status", "--audit-db-url", closed_port),
         filedge("list", "--audit-db-url", closed_port),
+        filedge("verify", "--config", str(ws.config_path), "--audit-db-url", secret_url),
+        filedge("verify", "--config", str(ws.config_path), "--audit-db-url", secret_url, "--json", "--fix"),
+        filedge("verify", "--config", str(ws.config_path), "--audit-db-url", closed_port),
     ]
     ws.configure(on_error="quarantine", connector={"type": "postgresql", "url": wrong_db})
     outputs.append(ws.run())
     outputs.append(filedge("validate", "--config", str(ws.config_path)))
+    outputs.append(filedge("verify", "--config", str(ws.config_path), "--audit-db-url", secret_url))
     ws.configure(on_error="quarantine", connector={"type": "postgresql", "url": closed_port, "connect_retry_seconds": 0.5})
     outputs.append(ws.run())
 

@@ -28,8 +28,8 @@ def section(command: str) -> str:
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             heading = re.match(r"^(#+) ", line)
-            # A heading *about* the command: `filedge <command>` opens it (after any "#"s).
-            if heading and line[heading.end():].startswith(f"`filedge {command}"):
+            # A heading about the command: nothing but `filedge <command> [args]` after the #s.
+            if heading and re.fullmatch(rf"`filedge {command}( [^`]*)?`\s*", line[heading.end():]):
                 level = len(heading.group(1))
                 end = next(
                     (j for j in range(i + 1, len(lines))

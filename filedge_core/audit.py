@@ -147,9 +147,15 @@ class Reclaimed:
     exhausted: list[str] = field(default_factory=list)
 
 
-def _iso(value: datetime | None) -> str:
+def iso_utc(value: datetime | None) -> str:
     """A UTC timestamp as fixed-width text, so that texts sort like the times."""
     return "" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def snapshot_order(created_at: Any, path: str) -> str:
+    """A file's order for ``upsert`` and ``replace``: first seen (by the audit's clock), then
+    its path. The connectors store it in the ledger; ``filedge verify`` recomputes it."""
+    return f"{iso_utc(parse_timestamp(created_at))}|{path}"
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -449,10 +455,10 @@ class AuditStore:
             if row is None or row.state != FileState.PROCESSING.value or row.claimed_by != worker:
                 return None
             return Claim(
-                pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path, _iso(row.created_at)
+                pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path, iso_utc(row.created_at)
             )
         token, attempts, previous, path, created = rows[0]
-        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path, _iso(parse_timestamp(created)))
+        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path, iso_utc(parse_timestamp(created)))
 
     def _holding(self, claim: Claim) -> sa.ColumnElement[bool]:
         return sa.and_(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from .audit import AuditStore, Claim, ErrorKind, FileState
+from .audit import AuditStore, Claim, ErrorKind, FileState, snapshot_order
 from .config import PipelineConfig
 from .errors import FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
@@ -203,7 +203,7 @@ def heartbeat_interval(config: PipelineConfig) -> float:
 
 def file_order(claim: Claim) -> str:
     """The order of snapshots for ``write_mode: replace``: first seen, then by path."""
-    return f"{claim.registered_at}|{claim.path}"
+    return snapshot_order(claim.registered_at, claim.path)
 
 
 def process_claim(

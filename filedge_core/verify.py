@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditStore, FileState, VerifyRow, _iso, parse_timestamp
+from .audit import AuditStore, FileState, VerifyRow, snapshot_order
 from .errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def _claimable(row: VerifyRow, retry_cap: int) -> bool:
 
 def file_order(row: VerifyRow) -> str:
     """The file's order as ``runner.file_order`` computes it at claim time (first seen, path)."""
-    return f"{_iso(parse_timestamp(row.created_at))}|{row.path}"
+    return snapshot_order(row.created_at, row.path)
 
 
 def current_snapshot(settled: dict[str, VerifyRow], inventory: Inventory) -> str | None:

@@ -34,6 +34,13 @@ STAT_CACHE_SETTLE_NS = 2_000_000_000
 _FAIL_KIND = {FileOutcome.TERMINAL: ErrorKind.DATA, FileOutcome.RETRY: ErrorKind.TRANSIENT}
 
 
+def claim_file(audit: AuditStore, config: PipelineConfig, file_hash: str, worker: str) -> Claim | None:
+    """Claim one file for ``config``, its attempt recording the config hash and the destination."""
+    return audit.claim(
+        config.name, file_hash, worker, config.retry_cap, config.config_hash, config.dest_table, config.connector.url
+    )
+
+
 def worker_id() -> str:
     """This process's identity in ``claimed_by``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -246,6 +253,10 @@ def _give_back_quietly(audit: AuditStore, claim: Claim) -> None:
 def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -> str:
     """Record a failed attempt as its error class says; return the outcome name."""
     if exc.outcome is FileOutcome.FENCED:
+        try:  # the reclaim that took the lease closed this attempt already; this adds why it ended
+            audit.fenced(claim, str(exc))
+        except FiledgeError:
+            pass
         return "fenced"
     if exc.outcome is FileOutcome.RELEASE:
         audit.release(claim, str(exc), retry_cap)
@@ -398,14 +409,13 @@ def work(
     connector = open_connector(config)
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
-        config_hash = config.config_hash
         for index, item in enumerate(items):
             if SHUTDOWN.requested:  # stop claiming; what is left waits for the next run
                 left = len(items) - index
                 summary.skipped += left
                 summary.warnings.append(f"stopping: {left} file(s) left for the next run")
                 break
-            claim = audit.claim(config.name, item.file_hash, worker, config.retry_cap, config_hash)
+            claim = claim_file(audit, config, item.file_hash, worker)
             if claim is None:  # another worker got there first
                 summary.skipped += 1
                 continue
@@ -431,7 +441,7 @@ def process_file(
 
     ``connector`` must be prepared. A COMMITTED file is a no-op; anything else is claimed and
     loaded exactly as ``filedge run`` does."""
-    claim = audit.claim(config.name, file_hash, worker or worker_id(), config.retry_cap, config.config_hash)
+    claim = claim_file(audit, config, file_hash, worker or worker_id())
     if claim is not None:
         return process_claim(claim, claim.path, config, audit, connector)
     row = audit.get(config.name, file_hash)

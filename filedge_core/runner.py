@@ -34,11 +34,16 @@ STAT_CACHE_SETTLE_NS = 2_000_000_000
 _FAIL_KIND = {FileOutcome.TERMINAL: ErrorKind.DATA, FileOutcome.RETRY: ErrorKind.TRANSIENT}
 
 
-def claim_file(audit: AuditStore, config: PipelineConfig, file_hash: str, worker: str) -> Claim | None:
-    """Claim one file for ``config``, its attempt recording the config hash and the destination."""
-    return audit.claim(
-        config.name, file_hash, worker, config.retry_cap, config.config_hash, config.dest_table, config.connector.url
-    )
+def claimer(audit: AuditStore, config: PipelineConfig, worker: str) -> Callable[[str], Claim | None]:
+    """Claims files of ``config`` by hash for ``worker``; each attempt records the config hash and
+    the destination (the hash is computed once: it costs more than a small file's claim)."""
+    name, retry_cap, config_hash = config.name, config.retry_cap, config.config_hash
+    dest_table, dest_url = config.dest_table, config.connector.url
+
+    def claim(file_hash: str) -> Claim | None:
+        return audit.claim(name, file_hash, worker, retry_cap, config_hash, dest_table, dest_url)
+
+    return claim
 
 
 def worker_id() -> str:
@@ -409,13 +414,14 @@ def work(
     connector = open_connector(config)
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
+        claim_file = claimer(audit, config, worker)
         for index, item in enumerate(items):
             if SHUTDOWN.requested:  # stop claiming; what is left waits for the next run
                 left = len(items) - index
                 summary.skipped += left
                 summary.warnings.append(f"stopping: {left} file(s) left for the next run")
                 break
-            claim = claim_file(audit, config, item.file_hash, worker)
+            claim = claim_file(item.file_hash)
             if claim is None:  # another worker got there first
                 summary.skipped += 1
                 continue
@@ -441,7 +447,7 @@ def process_file(
 
     ``connector`` must be prepared. A COMMITTED file is a no-op; anything else is claimed and
     loaded exactly as ``filedge run`` does."""
-    claim = claim_file(audit, config, file_hash, worker or worker_id())
+    claim = claimer(audit, config, worker or worker_id())(file_hash)
     if claim is not None:
         return process_claim(claim, claim.path, config, audit, connector)
     row = audit.get(config.name, file_hash)

@@ -12,7 +12,6 @@ from ..batches import Batch, no_rejects
 from ..errors import ConfigError
 
 LEDGER_TABLE = "_filedge_loads"
-HASH_COLUMN = "_filedge_file_hash"
 # upsert tables: the ``file_order`` of the file each row comes from; an older file never
 # overwrites a row a newer file wrote, whatever order retries commit in.
 ORDER_COLUMN = "_filedge_file_order"
@@ -50,6 +49,14 @@ class FileWrite:
 
 
 @dataclass(frozen=True)
+class StoredRows:
+    """A file's rows found in the destination; None where the table does not exist."""
+
+    rows: int | None
+    rejected: int | None = None
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """What a write did: rows of the file now in the table; or, for a snapshot older than the
     one already loaded (``replace``), nothing, and which file superseded it."""
@@ -69,6 +76,9 @@ class Connector(Protocol):
     def write(self, request: FileWrite) -> WriteResult:
         """In one transaction: fence with the token, replace the file's rows as the write mode
         says, with its rejects; what was written."""
+
+    def stored_rows(self, file_hash: str) -> StoredRows:
+        """Read only (nothing is created): the file's rows in the table and in its rejects table."""
 
     def close(self) -> None:
         """Release the connection."""

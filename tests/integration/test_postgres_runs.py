@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from filedge_core.scan import hash_file
-from tests.acceptance import test_crash
+from tests.acceptance import test_cli, test_crash
 from tests.support import Workspace, orders_csv
 
 pytestmark = pytest.mark.postgres
@@ -22,6 +22,11 @@ test_sigkill_mid_insert = test_crash.test_sigkill_mid_insert
 test_heartbeat_keeps_a_slow_file_alive = test_crash.test_heartbeat_keeps_a_slow_file_alive
 test_without_heartbeat_the_lease_would_go_stale = test_crash.test_without_heartbeat_the_lease_would_go_stale
 test_file_that_kills_its_worker_ends_failed = test_crash.test_file_that_kills_its_worker_ends_failed
+# `filedge show` and `filedge prune` with the audit table and the destination on PostgreSQL.
+test_show_a_file_its_attempts_and_where_its_rows_are = test_cli.test_show_a_file_its_attempts_and_where_its_rows_are
+test_show_counts_quarantined_rows_too = test_cli.test_show_counts_quarantined_rows_too
+test_show_errors_are_one_line = test_cli.test_show_errors_are_one_line
+test_prune_deletes_history_never_the_audit_row = test_cli.test_prune_deletes_history_never_the_audit_row
 
 
 @pytest.fixture

@@ -99,6 +99,10 @@ def test_four_concurrent_processes_200_files(ws: Workspace) -> None:
     assert all(row.attempts == 1 for row in audit.rows())
     assert ws.rows_per_hash() == {h: 500 for h in hashes}
     assert ws.ledger() == {h: 500 for h in hashes}
+    for row in audit.rows():  # the history agrees with the audit row: one attempt, by its holder
+        assert [(a.claim_token, a.worker, a.outcome, a.rows_written) for a in audit.attempts("orders", row.file_hash)] == [
+            (1, row.claimed_by, "committed", 500)
+        ]
 
 
 def test_workers_option_shares_the_audit_table(ws: Workspace) -> None:
@@ -136,6 +140,9 @@ def test_zombie_stopped_mid_write_is_fenced(ws: Workspace) -> None:
     assert "write refused: claim token 1 is older than 2" in err
     row = ws.audit().get("orders", file_hash)
     assert (row.state, row.claim_token, row.rows_written) == ("COMMITTED", 2, 2000), "A's audit update changed nothing"
+    attempts = ws.audit().attempts("orders", file_hash)
+    assert [(a.claim_token, a.outcome) for a in attempts] == [(1, "fenced"), (2, "committed")]
+    assert "write refused: claim token 1 is older than 2" in attempts[0].error
     assert ws.rows_per_hash() == {file_hash: 2000}
     assert ws.ledger() == {file_hash: 2000}
 

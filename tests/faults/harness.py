@@ -17,9 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filedge_core.audit import Attempt, AuditRow
 from filedge_core.scan import hash_file
 from tests.support import Workspace, age_leases
 
@@ -123,6 +125,7 @@ def check(ws: Workspace, expected: dict[str, int], report: Report) -> None:
     try:
         rows = {row.file_hash: row for row in audit.rows()}
         counts = audit.counts()
+        history = {file_hash: audit.attempts("orders", file_hash) for file_hash in rows}
     finally:
         audit.dispose()
     ledger = dict(ws.query("SELECT file_hash, claim_token FROM _filedge_loads"))
@@ -139,6 +142,7 @@ def check(ws: Workspace, expected: dict[str, int], report: Report) -> None:
             violation(f"{file_hash[:12]}: audit says {row.rows_written} rows, expected {expected[file_hash]}")
         if file_hash in ledger and ledger[file_hash] > row.claim_token:
             violation(f"{file_hash[:12]}: ledger token {ledger[file_hash]} ahead of the audit's {row.claim_token}")
+        check_history(file_hash, row, history[file_hash], violation)
     status = subprocess.run(
         [sys.executable, "-m", "filedge_core.cli", "status", "--json", "--audit-db-url", ws.audit_url],
         capture_output=True, text=True,
@@ -147,6 +151,26 @@ def check(ws: Workspace, expected: dict[str, int], report: Report) -> None:
 
     if status.returncode != 0 or json.loads(status.stdout) != counts:
         violation(f"filedge status disagrees with the table: {status.stdout.strip()} vs {counts}")
+
+
+def check_history(file_hash: str, row: AuditRow, attempts: list[Attempt], violation: Callable[[str], None]) -> None:
+    """The attempt history agrees with the audit row: one attempt per claim token, every one
+    closed (nothing is PROCESSING any more), the last one the row's outcome."""
+    tokens = [a.claim_token for a in attempts]
+    if tokens != list(range(1, row.claim_token + 1)):
+        violation(f"{file_hash[:12]}: attempts with tokens {tokens}, the audit's token is {row.claim_token}")
+        return
+    still_open = [a.claim_token for a in attempts if a.outcome is None or a.ended_at is None]
+    if still_open:
+        violation(f"{file_hash[:12]}: attempts {still_open} never closed")
+    last = attempts[-1]
+    if row.state == "COMMITTED" and (last.outcome, last.rows_written) != ("committed", row.rows_written):
+        violation(f"{file_hash[:12]}: COMMITTED with {row.rows_written} rows, last attempt {last.outcome} {last.rows_written}")
+    if [a for a in attempts[:-1] if a.outcome == "committed"]:
+        violation(f"{file_hash[:12]}: an attempt before the last one committed")
+    charged = sum(1 for a in attempts if a.outcome != "given_back")
+    if charged != row.attempts:
+        violation(f"{file_hash[:12]}: {charged} charged attempts in the history, {row.attempts} in the audit")
 
 
 def run(seed: int, seconds: float, files: int, root: Path, postgres: str | None = None) -> Report:

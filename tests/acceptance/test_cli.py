@@ -79,6 +79,7 @@ def test_status_list_requeue(ws: Workspace) -> None:
     assert error == ["row 1 (line 2), column 'amount': 'x' is not a valid float"]
     records = [json.loads(line) for line in filedge("list", "--audit-db-url", ws.audit_url, "--json").stdout.splitlines()]
     assert {r["state"] for r in records} == {"COMMITTED", "FAILED"} and all(len(r["file_hash"]) == 64 for r in records)
+    assert {r["config_hash"] for r in records} == {ws.config().config_hash}
 
     committed = [r for r in records if r["state"] == "COMMITTED"][0]["file_hash"]
     touched = filedge("requeue", "--audit-db-url", ws.audit_url, "--hash", committed[:10])

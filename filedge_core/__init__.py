@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "audit": ["AuditRow", "AuditStore", "Claim", "ErrorKind", "FileState", "Reclaimed"],
+    "audit": ["Attempt", "AuditRow", "AuditStore", "Claim", "ErrorKind", "FileState", "Outcome", "Reclaimed"],
     "config": ["ColumnSpec", "ConnectorSpec", "PipelineConfig", "load_pipeline", "parse_pipeline"],
     "errors": [
         "ConfigError",
@@ -51,7 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .audit import AuditRow, AuditStore, Claim, ErrorKind, FileState, Reclaimed
+    from .audit import Attempt, AuditRow, AuditStore, Claim, ErrorKind, FileState, Outcome, Reclaimed
     from .config import ColumnSpec, ConnectorSpec, PipelineConfig, load_pipeline, parse_pipeline
     from .connectors import Connector, open_connector
     from .errors import (

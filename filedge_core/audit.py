@@ -7,11 +7,11 @@ always the audit database's clock, never a worker's."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -22,6 +22,7 @@ from .dburl import mask, scheme, sqlalchemy_url, sqlite_path
 from .errors import DatabaseUnavailable, UsageError, first_line
 
 TABLE_NAME = "etl_file_audit"
+ATTEMPTS_TABLE = "etl_file_attempts"
 _DDL_LOCK_KEY = int.from_bytes(b"fdaudit1", "big")  # pg_advisory_xact_lock key for the audit DDL
 
 
@@ -41,6 +42,17 @@ class ErrorKind(str, enum.Enum):
     TRANSIENT = "transient"  # retried by later runs while attempts < retry_cap
     LOST = "lost"  # its workers died retry_cap times: terminal
     CHANGED = "changed"  # the file changed while read: released to PENDING
+
+
+class Outcome(str, enum.Enum):
+    """How an attempt ended; stored in ``etl_file_attempts.outcome`` (NULL while it runs)."""
+
+    COMMITTED = "committed"
+    FAILED = "failed"  # FAILED with a data or transient error
+    RELEASED = "released"  # the file changed while read
+    GIVEN_BACK = "given_back"  # the run was stopped: not charged
+    LOST = "lost"  # the lease was reclaimed (stale, or its worker known dead)
+    FENCED = "fenced"  # a lost worker came back and its write was refused
 
 
 _TS = sa.DateTime(timezone=True).with_variant(sa.Text(), "sqlite")
@@ -87,6 +99,46 @@ stat_cache_table = sa.Table(
     sa.Column("file_hash", sa.String(64), nullable=False),
 )
 _sc = stat_cache_table.c
+
+# One row per attempt (claim), written in the transaction of the audit update that begins or
+# ends it: the claim inserts it; commit, fail, release, give back and reclaim close it (ended_at,
+# outcome). An attempt is (pipeline, file_hash, claim_token): tokens only ever increase.
+attempts_table = sa.Table(
+    ATTEMPTS_TABLE,
+    metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("file_hash", sa.String(64), primary_key=True),
+    sa.Column("claim_token", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("config_hash", sa.String(64)),
+    sa.Column("dest_table", sa.Text()),
+    sa.Column("dest_url", sa.Text()),  # masked: no password is ever stored
+    sa.Column("started_at", _TS, nullable=False),
+    sa.Column("ended_at", _TS),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("error", sa.Text()),
+    sa.Column("error_kind", sa.String(16)),
+    sa.Column("rows_written", sa.BigInteger()),
+    sa.Column("rows_rejected", sa.BigInteger()),
+    sqlite_with_rowid=False,  # one B-tree (the key) to write per attempt, no rowid table beside it
+)
+_a = attempts_table.c
+_ATTEMPT_OPENED = ("pipeline", "file_hash", "claim_token", "worker", "config_hash", "dest_table", "dest_url", "started_at")
+_ATTEMPT_CLOSED = ("ended_at", "outcome", "error", "error_kind", "rows_written", "rows_rejected")
+
+# SQLite: the attempt's insert and close as driver SQL in the audit update's transaction (on the
+# per-file path, SQLAlchemy's work per statement costs more than these statements). An attempt
+# row left by an audit row deleted and registered again (its tokens start over) is replaced.
+_SQLITE_OPEN_ATTEMPT = (
+    f"INSERT INTO {ATTEMPTS_TABLE} ({', '.join(_ATTEMPT_OPENED)}) VALUES ({', '.join('?' * len(_ATTEMPT_OPENED))}) "
+    "ON CONFLICT (pipeline, file_hash, claim_token) DO UPDATE SET "
+    + ", ".join([f"{c} = excluded.{c}" for c in _ATTEMPT_OPENED[3:]] + [f"{c} = NULL" for c in _ATTEMPT_CLOSED])
+)
+_SQLITE_CLOSE_ATTEMPT = (
+    f"UPDATE {ATTEMPTS_TABLE} SET ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), outcome = ?, error = ?, "
+    "error_kind = ?, rows_written = ?, rows_rejected = ? "
+    "WHERE pipeline = ? AND file_hash = ? AND claim_token = ? AND ended_at IS NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -138,6 +190,32 @@ class AuditRow:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One attempt at a file, as read back from ``etl_file_attempts``."""
+
+    pipeline: str
+    file_hash: str
+    claim_token: int
+    worker: str | None
+    config_hash: str | None
+    dest_table: str | None
+    dest_url: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: str | None  # None while the attempt runs
+    error: str | None
+    error_kind: str | None
+    rows_written: int | None
+    rows_rejected: int | None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
 class Reclaimed:
     """What reclaiming stale leases did: back to PENDING, or FAILED as lost; and PENDING files
     whose attempts already reach retry_cap (e.g. after retry_cap was lowered), now FAILED."""
@@ -170,6 +248,14 @@ def parse_timestamp(value: Any) -> datetime | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+T = TypeVar("T")
+
+
+def _all(conn: sa.Connection, stmt: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] | None) -> list[sa.Row[Any]]:
+    result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
+    return list(result.all()) if result.returns_rows else []
 
 
 def _transient(exc: BaseException) -> bool:
@@ -211,6 +297,8 @@ class AuditStore:
         self._schema_ready = False
         self._claim_stmt: sa.Update | None = None
         self._commit_stmt: sa.Update | None = None
+        self._pg_claim_stmt: sa.Select[Any] | None = None
+        self._pg_commit_stmt: sa.Select[Any] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -245,16 +333,17 @@ class AuditStore:
         """Run one statement (with its parameters, or once per parameter set) in its own transaction; the rows
         it returns. Every DML statement RETURNs the rows it changed: driver row counts are not
         reliable across dialects."""
+        return self._transact(lambda conn: _all(conn, stmt, params))
+
+    def _transact(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run ``work`` in one transaction, retried as a whole (a failed try rolled back)."""
         with self._errors():
-            return self._execute_retrying(stmt, params)
+            return self._transact_retrying(work)
 
     @_retry
-    def _execute_retrying(
-        self, stmt: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] | None
-    ) -> list[sa.Row[Any]]:
+    def _transact_retrying(self, work: Callable[[sa.Connection], T]) -> T:
         with self.engine.begin() as conn:
-            result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
-            return list(result.all()) if result.returns_rows else []
+            return work(conn)
 
     def ensure_schema(self) -> None:
         """Create the audit table and its indexes if they do not exist."""
@@ -362,7 +451,8 @@ class AuditStore:
         """Leases older than ``stale_seconds``: back to PENDING, or FAILED once retry_cap is used.
         PENDING files that can never be claimed again (attempts >= retry_cap) become FAILED too,
         so that they show, and `requeue` can reset them."""
-        reclaimed = self._reclaim(pipeline, self._stale(stale_seconds), retry_cap)
+        reason = f"lease not renewed for {stale_seconds:g} s: reclaimed"
+        reclaimed = self._reclaim(pipeline, self._stale(stale_seconds), retry_cap, reason)
         exhausted = self._execute(
             sa.update(audit_table)
             .where(_t.pipeline == pipeline, _t.state == FileState.PENDING.value, _t.attempts >= retry_cap)
@@ -391,11 +481,12 @@ class AuditStore:
         """Leases of workers known dead (``claimed_by`` starting with ``worker_prefix``), whatever
         their age: as ``reclaim_stale``. Safe even if one is alive: its claim token is fenced."""
         pattern = worker_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return self._reclaim(pipeline, _t.claimed_by.like(pattern, escape="\\"), retry_cap)
+        reason = f"holder {worker_prefix}... known dead: reclaimed"
+        return self._reclaim(pipeline, _t.claimed_by.like(pattern, escape="\\"), retry_cap, reason)
 
-    def _reclaim(self, pipeline: str, condition: sa.ColumnElement[bool], retry_cap: int) -> Reclaimed:
+    def _reclaim(self, pipeline: str, condition: sa.ColumnElement[bool], retry_cap: int, reason: str) -> Reclaimed:
         base = sa.and_(_t.pipeline == pipeline, _t.state == FileState.PROCESSING.value, condition)
-        lost = self._execute(
+        to_failed = (
             sa.update(audit_table)
             .where(base, _t.attempts >= retry_cap)
             .values(
@@ -404,18 +495,69 @@ class AuditStore:
                 last_error=sa.literal("worker lost ") + sa.cast(_t.attempts, sa.String) + sa.literal(" times"),
                 updated_at=self._now,
             )
-            .returning(_t.file_hash)
+            .returning(_t.file_hash, _t.claim_token, _t.pipeline)
         )
-        pending = self._execute(
+        to_pending = (
             sa.update(audit_table)
             .where(base, _t.attempts < retry_cap)
             .values(state=FileState.PENDING.value, updated_at=self._now)
-            .returning(_t.file_hash)
+            .returning(_t.file_hash, _t.claim_token, _t.pipeline)
         )
+        lost = self._ending(to_failed, None, Outcome.LOST, error=reason, error_kind=ErrorKind.LOST.value)
+        pending = self._ending(to_pending, None, Outcome.LOST, error=reason, error_kind=ErrorKind.LOST.value)
         return Reclaimed(pending=len(pending), lost=[row[0] for row in lost])
 
-    def claim(self, pipeline: str, file_hash: str, worker: str, retry_cap: int, config_hash: str) -> Claim | None:
-        """Take the lease on a PENDING (or retryable FAILED) file; None if another has it or it needs no work."""
+    def _ending(
+        self, update: sa.Update, params: dict[str, Any] | None, outcome: Outcome, pg_stmt: sa.Select[Any] | None = None,
+        **close: Any,
+    ) -> list[sa.Row[Any]]:
+        """Run an audit transition that ends attempts (an UPDATE … RETURNING file_hash,
+        claim_token, pipeline) and close those attempts (``close``: error, error_kind,
+        rows_written, rows_rejected) in the same transaction, so that history never disagrees
+        with the audit row; the rows it returned. ``pg_stmt``: the PostgreSQL statement, prebuilt."""
+        if self.backend != "sqlite":
+            return self._execute(pg_stmt if pg_stmt is not None else self._with_close(update, outcome, **close), params)
+
+        def end(conn: sa.Connection) -> list[sa.Row[Any]]:
+            rows = _all(conn, update, params)
+            if rows:
+                values = (outcome.value, close.get("error"), close.get("error_kind"), close.get("rows_written"),
+                          close.get("rows_rejected"))
+                batch = [(*values, row[2], row[0], row[1]) for row in rows]
+                conn.exec_driver_sql(_SQLITE_CLOSE_ATTEMPT, batch[0] if len(batch) == 1 else batch)
+            return rows
+
+        return self._transact(end)
+
+    def _with_close(self, update: sa.Update, outcome: Outcome, **close: Any) -> sa.Select[Any]:
+        """PostgreSQL: ``update`` and the UPDATE closing the attempts it ended, as one statement
+        (a data-modifying CTE), so that history costs no round trip."""
+        changed = update.cte("changed")
+        values = {"error": None, "error_kind": None, "rows_written": None, "rows_rejected": None, **close}
+        closing = (
+            sa.update(attempts_table)
+            .where(
+                _a.pipeline == changed.c.pipeline,
+                _a.file_hash == changed.c.file_hash,
+                _a.claim_token == changed.c.claim_token,
+                _a.ended_at.is_(None),
+            )
+            .values(ended_at=self._now, outcome=outcome.value, **values)
+        )
+        return sa.select(*changed.c).add_cte(closing.cte("closed"))
+
+    def claim(
+        self,
+        pipeline: str,
+        file_hash: str,
+        worker: str,
+        retry_cap: int,
+        config_hash: str,
+        dest_table: str | None = None,
+        dest_url: str | None = None,
+    ) -> Claim | None:
+        """Take the lease on a PENDING (or retryable FAILED) file, and open its attempt (recording
+        the destination, its URL masked); None if another has it or it needs no work."""
         if self._claim_stmt is None:  # built once: statement construction costs more than a small file's claim
             claimable = sa.or_(
                 _t.state == FileState.PENDING.value,
@@ -440,14 +582,18 @@ class AuditStore:
                     config_hash=sa.bindparam("b_config_hash"),
                     updated_at=self._now,
                 )
-                .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path, _t.created_at)
+                .returning(_t.claim_token, _t.attempts, _t.previous_state, _t.path, _t.created_at, _t.claimed_at)
             )
-        stmt = self._claim_stmt
         params = {
             "b_pipeline": pipeline, "b_hash": file_hash, "b_cap": retry_cap, "b_worker": worker,
-            "b_config_hash": config_hash,
+            "b_config_hash": config_hash, "b_dest_table": dest_table, "b_dest_url": mask(dest_url) if dest_url else None,
         }
-        rows = self._execute(stmt, params)
+        if self.backend == "sqlite":
+            rows = self._transact(lambda conn: self._claim_sqlite(conn, params))
+        else:
+            if self._pg_claim_stmt is None:
+                self._pg_claim_stmt = self._claim_and_open(self._claim_stmt)
+            rows = self._execute(self._pg_claim_stmt, params)
         if not rows:
             # A retried statement may have claimed the file the first time (its answer lost with
             # the connection): the lease is then ours, not another worker's.
@@ -457,8 +603,38 @@ class AuditStore:
             return Claim(
                 pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path, iso_utc(row.created_at)
             )
-        token, attempts, previous, path, created = rows[0]
+        token, attempts, previous, path, created, _ = rows[0]
         return Claim(pipeline, file_hash, int(token), int(attempts), previous, path, iso_utc(parse_timestamp(created)))
+
+    def _claim_sqlite(self, conn: sa.Connection, params: dict[str, Any]) -> list[sa.Row[Any]]:
+        """The claim and the insert of its attempt, in one transaction."""
+        assert self._claim_stmt is not None
+        rows = _all(conn, self._claim_stmt, params)
+        if rows:
+            conn.exec_driver_sql(_SQLITE_OPEN_ATTEMPT, (
+                params["b_pipeline"], params["b_hash"], rows[0][0], params["b_worker"], params["b_config_hash"],
+                params["b_dest_table"], params["b_dest_url"], rows[0][5],
+            ))
+        return rows
+
+    def _claim_and_open(self, claim: sa.Update) -> sa.Select[Any]:
+        """PostgreSQL: the claim and the insert of its attempt as one statement (one round trip)."""
+        claimed = claim.returning(_t.pipeline, _t.file_hash, _t.claimed_by, _t.config_hash).cte("claimed")
+        columns = list(_ATTEMPT_OPENED)
+        opening = pg_dialect.insert(attempts_table).from_select(
+            columns,
+            sa.select(
+                claimed.c.pipeline, claimed.c.file_hash, claimed.c.claim_token, claimed.c.claimed_by,
+                claimed.c.config_hash, sa.bindparam("b_dest_table", type_=sa.Text()),
+                sa.bindparam("b_dest_url", type_=sa.Text()), claimed.c.claimed_at,
+            ),
+        )
+        opening = opening.on_conflict_do_update(
+            index_elements=columns[:3],
+            set_={**{c: opening.excluded[c] for c in columns[3:]}, **{c: None for c in _ATTEMPT_CLOSED}},
+        )
+        returned = ("claim_token", "attempts", "previous_state", "path", "created_at", "claimed_at")
+        return sa.select(*[claimed.c[name] for name in returned]).add_cte(opening.cte("opened"))
 
     def _holding(self, claim: Claim) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -498,14 +674,21 @@ class AuditStore:
                     error_kind=None,
                     updated_at=self._now,
                 )
-                .returning(_t.file_hash)
+                .returning(_t.file_hash, _t.claim_token, _t.pipeline)
             )
-        stmt = self._commit_stmt
+            if self.backend != "sqlite":
+                self._pg_commit_stmt = self._with_close(
+                    self._commit_stmt, Outcome.COMMITTED,
+                    rows_written=sa.bindparam("b_rows"), rows_rejected=sa.bindparam("b_rejected"),
+                )
         params = {
             "b_pipeline": claim.pipeline, "b_hash": claim.file_hash, "b_token": claim.token,
             "b_rows": rows_written, "b_rejected": rows_rejected,
         }
-        if len(self._execute(stmt, params)) == 1:
+        if self._ending(
+            self._commit_stmt, params, Outcome.COMMITTED, self._pg_commit_stmt,
+            rows_written=rows_written, rows_rejected=rows_rejected,
+        ):
             return True
         # A retried statement may have committed the first time: that is still a success.
         row = self.get(claim.pipeline, claim.file_hash)
@@ -522,9 +705,9 @@ class AuditStore:
                 error_kind=kind.value,
                 updated_at=self._now,
             )
-            .returning(_t.file_hash)
+            .returning(_t.file_hash, _t.claim_token, _t.pipeline)
         )
-        return len(self._execute(stmt)) == 1
+        return len(self._ending(stmt, None, Outcome.FAILED, error=error, error_kind=kind.value)) == 1
 
     def release(self, claim: Claim, error: str, retry_cap: int) -> bool:
         """PROCESSING -> PENDING (claimable again), or FAILED if retry_cap attempts are used."""
@@ -538,9 +721,9 @@ class AuditStore:
                 error_kind=(ErrorKind.TRANSIENT if exhausted else ErrorKind.CHANGED).value,
                 updated_at=self._now,
             )
-            .returning(_t.file_hash)
+            .returning(_t.file_hash, _t.claim_token, _t.pipeline)
         )
-        return len(self._execute(stmt)) == 1
+        return len(self._ending(stmt, None, Outcome.RELEASED, error=error, error_kind=ErrorKind.CHANGED.value)) == 1
 
     def give_back(self, claim: Claim, reason: str) -> bool:
         """PROCESSING -> PENDING without charging the attempt (the run was stopped, the file
@@ -557,7 +740,23 @@ class AuditStore:
                 error_kind=None,
                 updated_at=self._now,
             )
-            .returning(_t.file_hash)
+            .returning(_t.file_hash, _t.claim_token, _t.pipeline)
+        )
+        return len(self._ending(stmt, None, Outcome.GIVEN_BACK, error=reason)) == 1
+
+    def fenced(self, claim: Claim, error: str) -> bool:
+        """Note on ``claim``'s attempt, which a reclaim closed as lost, that its worker came back
+        and its write was refused. History only: the audit row belongs to the newer claim."""
+        stmt = (
+            sa.update(attempts_table)
+            .where(
+                _a.pipeline == claim.pipeline,
+                _a.file_hash == claim.file_hash,
+                _a.claim_token == claim.token,
+                _a.outcome == Outcome.LOST.value,
+            )
+            .values(outcome=Outcome.FENCED.value, error=error, ended_at=self._now)
+            .returning(_a.claim_token)
         )
         return len(self._execute(stmt)) == 1
 
@@ -640,23 +839,59 @@ class AuditStore:
                 found[row.file_hash] = row
         return found
 
-    def resolve_hashes(self, prefixes: Sequence[str], pipeline: str | None = None) -> list[str]:
-        """Full hashes for unique hash prefixes; UsageError for unknown or ambiguous ones."""
+    def resolve_hashes(self, prefixes: Sequence[str], pipeline: str | None = None, label: str = "--hash") -> list[str]:
+        """Full hashes for unique hash prefixes; UsageError for unknown or ambiguous ones (the
+        message starts with ``label`` and the prefix)."""
         resolved = []
         for prefix in prefixes:
             key = prefix.strip().lower()
             if not key or any(c not in "0123456789abcdef" for c in key):
-                raise UsageError(f"--hash {prefix!r}: not a hexadecimal hash or prefix")
+                raise UsageError(f"{label} {prefix!r}: not a hexadecimal hash or prefix")
             stmt = sa.select(_t.file_hash).distinct().where(_t.file_hash.like(key + "%")).limit(2)
             if pipeline:
                 stmt = stmt.where(_t.pipeline == pipeline)
             found = [row[0] for row in self._execute(stmt)]
             if not found:
-                raise UsageError(f"--hash {prefix}: no file with this hash in the audit table")
+                raise UsageError(f"{label} {prefix}: no file with this hash in the audit table")
             if len(found) > 1:
-                raise UsageError(f"--hash {prefix}: prefix matches more than one file; give more characters")
+                raise UsageError(f"{label} {prefix}: prefix matches more than one file; give more characters")
             resolved.append(found[0])
         return resolved
+
+    # -- attempt history ------------------------------------------------------------------
+
+    def attempts(self, pipeline: str, file_hash: str) -> list[Attempt]:
+        """The recorded attempts at one file, oldest first."""
+        stmt = (
+            sa.select(*[attempts_table.c[f] for f in Attempt.__dataclass_fields__])
+            .where(_a.pipeline == pipeline, _a.file_hash == file_hash)
+            .order_by(_a.claim_token)
+        )
+        out = []
+        for row in self._execute(stmt):
+            data = dict(row._mapping)
+            data["started_at"] = parse_timestamp(data["started_at"])
+            data["ended_at"] = parse_timestamp(data["ended_at"])
+            out.append(Attempt(**data))
+        return out
+
+    def prune_attempts(self, older_than_days: float, pipeline: str | None = None, dry_run: bool = False) -> int:
+        """Delete the attempts that ended more than ``older_than_days`` ago (by the database's
+        clock); how many (would) go. Attempts still running and the audit rows are never
+        touched: the audit row is what keeps a committed file from loading twice."""
+        seconds = older_than_days * 86400.0
+        if self.backend == "sqlite":
+            ended_before = sa.func.julianday(_a.ended_at) < sa.func.julianday("now") - seconds / 86400.0
+        else:
+            ended_before = _a.ended_at < sa.func.statement_timestamp() - sa.func.make_interval(
+                0, 0, 0, 0, 0, 0, seconds
+            )
+        where = [ended_before]  # NULL (still running) is never before anything
+        if pipeline:
+            where.append(_a.pipeline == pipeline)
+        if dry_run:
+            return int(self._execute(sa.select(sa.func.count()).select_from(attempts_table).where(*where))[0][0])
+        return len(self._execute(sa.delete(attempts_table).where(*where).returning(_a.claim_token)))
 
     # -- filedge verify -------------------------------------------------------------------
 

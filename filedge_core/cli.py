@@ -298,6 +298,62 @@ def list_files(audit_db_url: str, pipeline: str | None, state: str | None, as_js
 
 
 @main.command()
+@click.argument("prefix", metavar="HASH")
+@audit_option
+@pipeline_option
+@click.option(
+    "--config", "config_path", metavar="FILE",
+    help="The pipeline's YAML file: also count the file's rows in its destination (read only).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@handle_errors
+def show(prefix: str, audit_db_url: str, pipeline: str | None, config_path: str | None, as_json: bool) -> None:
+    """Everything known about one file: its audit row, every attempt, where its rows are.
+
+    HASH is the file's content hash or a unique prefix of it. Each attempt shows when it
+    started, its worker, its outcome, how long it took, its rows and its error. Exit 1 if
+    --config was given and the destination could not be read."""
+    from .report import file_report
+
+    config = None
+    if config_path is not None:
+        from .config import load_pipeline
+
+        config = load_pipeline(config_path)
+    report = file_report(_audit(audit_db_url), prefix, pipeline, config)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        for line in report.lines():
+            click.echo(one_line(line))
+    sys.exit(1 if report.destination is not None and report.destination.error else 0)
+
+
+@main.command()
+@audit_option
+@pipeline_option
+@click.option(
+    "--older-than", "days", type=click.FloatRange(min=0), required=True, metavar="DAYS",
+    help="Delete the attempts that ended more than DAYS ago (fractions allowed; 0: every ended attempt).",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@handle_errors
+def prune(audit_db_url: str, pipeline: str | None, days: float, dry_run: bool) -> None:
+    """Delete old attempt history (etl_file_attempts); prints `Pruned: N attempt(s)`.
+
+    Audit rows are never deleted: a committed file stays committed, and is skipped by every
+    later run. Attempts still running are kept."""
+    import math
+
+    from .errors import UsageError
+
+    if not math.isfinite(days):
+        raise UsageError(f"--older-than: {days} is not a number of days")
+    count = _audit(audit_db_url).prune_attempts(days, pipeline, dry_run=dry_run)
+    click.echo(f"{'Would prune' if dry_run else 'Pruned'}: {count} attempt(s)")
+
+
+@main.command()
 @click.option("--config", "config_path", required=True, metavar="FILE", help="Pipeline YAML file.")
 @click.option("--dir", "directory", metavar="DIR", help="Also parse and validate every file in DIR (nothing is written).")
 @handle_errors

@@ -6,6 +6,10 @@ import re
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
+# The column that tags every destination row with the hash of the file it came from (here, not
+# in connectors/, so that `filedge show` can name it without importing polars).
+HASH_COLUMN = "_filedge_file_hash"
+
 
 def check_identifier(name: str, *, qualified: bool = False) -> str:
     """Return ``name`` if it is a plain SQL identifier (``schema.table`` when ``qualified``).

@@ -34,6 +34,18 @@ STAT_CACHE_SETTLE_NS = 2_000_000_000
 _FAIL_KIND = {FileOutcome.TERMINAL: ErrorKind.DATA, FileOutcome.RETRY: ErrorKind.TRANSIENT}
 
 
+def claimer(audit: AuditStore, config: PipelineConfig, worker: str) -> Callable[[str], Claim | None]:
+    """Claims files of ``config`` by hash for ``worker``; each attempt records the config hash and
+    the destination (the hash is computed once: it costs more than a small file's claim)."""
+    name, retry_cap, config_hash = config.name, config.retry_cap, config.config_hash
+    dest_table, dest_url = config.dest_table, config.connector.url
+
+    def claim(file_hash: str) -> Claim | None:
+        return audit.claim(name, file_hash, worker, retry_cap, config_hash, dest_table, dest_url)
+
+    return claim
+
+
 def worker_id() -> str:
     """This process's identity in ``claimed_by``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -303,6 +315,10 @@ def _give_back_quietly(audit: AuditStore, claim: Claim) -> None:
 def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -> str:
     """Record a failed attempt as its error class says; return the outcome name."""
     if exc.outcome is FileOutcome.FENCED:
+        try:  # the reclaim that took the lease closed this attempt already; this adds why it ended
+            audit.fenced(claim, str(exc))
+        except FiledgeError:
+            pass
         return "fenced"
     if exc.outcome is FileOutcome.RELEASE:
         audit.release(claim, str(exc), retry_cap)
@@ -470,14 +486,14 @@ def work(
     connector = open_connector(config)
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
-        config_hash = config.config_hash
+        claim_file = claimer(audit, config, worker)
         for index, item in enumerate(items):
             if SHUTDOWN.requested:  # stop claiming; what is left waits for the next run
                 left = len(items) - index
                 summary.skipped += left
                 summary.warnings.append(f"stopping: {left} file(s) left for the next run")
                 break
-            claim = audit.claim(config.name, item.file_hash, worker, config.retry_cap, config_hash)
+            claim = claim_file(item.file_hash)
             if claim is None:  # another worker got there first
                 summary.skipped += 1
                 continue
@@ -510,7 +526,7 @@ def process_file(
 
     ``connector`` must be prepared. A COMMITTED file is a no-op; anything else is claimed and
     loaded exactly as ``filedge run`` does."""
-    claim = audit.claim(config.name, file_hash, worker or worker_id(), config.retry_cap, config.config_hash)
+    claim = claimer(audit, config, worker or worker_id())(file_hash)
     if claim is not None:
         return process_claim(claim, claim.path, config, audit, connector)
     row = audit.get(config.name, file_hash)

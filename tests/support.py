@@ -61,6 +61,17 @@ def age_leases(audit: AuditStore, seconds: float = 3600) -> None:
         conn.execute(sa.text(f"UPDATE etl_file_audit SET claimed_at = {expr} WHERE state = 'PROCESSING'"))
 
 
+def age_attempts(audit: AuditStore, seconds: float, file_hash: str | None = None) -> None:
+    """Make the ended attempts (of one file, or all) end ``seconds`` ago by the database's clock."""
+    if audit.backend == "sqlite":
+        expr = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{seconds} seconds')"
+    else:
+        expr = f"now() - interval '{seconds} seconds'"
+    where = "ended_at IS NOT NULL" + (" AND file_hash = :h" if file_hash else "")
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE etl_file_attempts SET ended_at = {expr} WHERE {where}"), {"h": file_hash})
+
+
 def libpq_url(url: str) -> str:
     """``url`` without a SQLAlchemy-style ``+driver`` suffix, as libpq reads it."""
     scheme, sep, rest = url.partition("://")

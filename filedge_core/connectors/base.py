@@ -12,7 +12,6 @@ from ..batches import Batch, no_rejects
 from ..errors import ConfigError
 
 LEDGER_TABLE = "_filedge_loads"
-HASH_COLUMN = "_filedge_file_hash"
 # upsert tables: the ``file_order`` of the file each row comes from; an older file never
 # overwrites a row a newer file wrote, whatever order retries commit in.
 ORDER_COLUMN = "_filedge_file_order"
@@ -47,6 +46,14 @@ class FileWrite:
         if isinstance(self.rows, pl.DataFrame):
             return iter([Batch(self.rows, no_rejects())])
         return iter(self.rows)
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A file's rows found in the destination; None where the table does not exist."""
+
+    rows: int | None
+    rejected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ class Connector(Protocol):
     def inventory(self) -> Inventory:
         """Read-only, in one snapshot: the pipeline's ledger rows, and one ``GROUP BY`` per table
         counting rows per file hash. Creates nothing."""
+    def stored_rows(self, file_hash: str) -> StoredRows:
+        """Read only (nothing is created): the file's rows in the table and in its rejects table."""
 
     def close(self) -> None:
         """Release the connection."""

@@ -33,14 +33,15 @@ from ..errors import (
     first_line,
 )
 from ..faults import checkpoint
+from ..identifiers import HASH_COLUMN
 from .base import (
-    HASH_COLUMN,
     LEDGER_TABLE,
     ORDER_COLUMN,
     REJECT_COLUMNS,
     FileWrite,
     Inventory,
     LedgerEntry,
+    StoredRows,
     WriteResult,
     shared_table_error,
 )
@@ -832,6 +833,26 @@ class PostgresConnector:
             )
         )
         return {h: int(n) for h, n in found}
+    def stored_rows(self, file_hash: str) -> StoredRows:
+        self._connection()
+        with self._errors():
+            return StoredRows(
+                self._count(self.name, file_hash), self._count(self.config.rejected_table.rpartition(".")[2], file_hash)
+            )
+
+    def _count(self, name: str, file_hash: str) -> int | None:
+        """Rows of ``schema.name`` tagged with ``file_hash``; None if there is no such table."""
+        assert self._conn is not None
+        columns = self._columns(name)
+        if columns is None or HASH_COLUMN not in columns:
+            return None
+        found = self._conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                sql.Identifier(self.schema, name), sql.Identifier(HASH_COLUMN)
+            ),
+            (file_hash,),
+        ).fetchone()
+        return int(found[0]) if found else 0
 
     def close(self) -> None:
         self._drop_connection()

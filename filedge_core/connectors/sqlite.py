@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,15 +15,15 @@ from ..config import PipelineConfig
 from ..dburl import mask, sqlite_path
 from ..errors import ConfigError, DatabaseUnavailable, DestinationUnreachable, LeaseLost, TransientError
 from ..faults import checkpoint
-from ..identifiers import quote
+from ..identifiers import HASH_COLUMN, quote
 from .base import (
-    HASH_COLUMN,
     LEDGER_TABLE,
     ORDER_COLUMN,
     REJECT_COLUMNS,
     FileWrite,
     Inventory,
     LedgerEntry,
+    StoredRows,
     WriteResult,
     shared_table_error,
 )
@@ -389,6 +390,28 @@ class SqliteConnector:
         hashed = quote(HASH_COLUMN)
         found = conn.execute(f"SELECT {hashed}, count({counted}) FROM {quote(table)} GROUP BY {hashed}")
         return {h: int(n) for h, n in found}
+    def stored_rows(self, file_hash: str) -> StoredRows:
+        if self.path == ":memory:" or not Path(self.path).is_file():
+            return StoredRows(None, None)
+        # Read only: opening the database must not create it, nor anything in it.
+        uri = "file:" + urllib.parse.quote(str(Path(self.path).resolve())) + "?mode=ro"
+        with self._errors():
+            conn = sqlite3.connect(uri, uri=True, timeout=30)
+            try:
+                return StoredRows(
+                    self._count(conn, self.config.dest_table, file_hash),
+                    self._count(conn, self.config.rejected_table, file_hash),
+                )
+            finally:
+                conn.close()
+
+    def _count(self, conn: sqlite3.Connection, table: str, file_hash: str) -> int | None:
+        """Rows of ``table`` tagged with ``file_hash``; None if there is no such table."""
+        columns = self._existing_columns(conn, table)
+        if columns is None or HASH_COLUMN.lower() not in columns:
+            return None
+        found = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE {quote(HASH_COLUMN)} = ?", (file_hash,))
+        return int(found.fetchone()[0])
 
     def close(self) -> None:
         if self._conn is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from filedge_core.cli import main
+from filedge_core.dburl import mask
 from tests.support import Workspace, filedge, orders_csv
 
 COMMANDS = sorted(main.commands)
@@ -12,7 +13,7 @@ NO_AUDIT_ENV = {"FILEDGE_AUDIT_DB_URL": ""}
 
 
 def test_every_command_has_help() -> None:
-    assert COMMANDS == ["list", "requeue", "run", "status", "validate", "verify"]
+    assert COMMANDS == ["list", "prune", "requeue", "run", "show", "status", "validate", "verify"]
     top = filedge("--help")
     assert top.returncode == 0
     for name in COMMANDS:
@@ -78,6 +79,7 @@ def test_status_list_requeue(ws: Workspace) -> None:
     assert error == ["row 1 (line 2), column 'amount': 'x' is not a valid float"]
     records = [json.loads(line) for line in filedge("list", "--audit-db-url", ws.audit_url, "--json").stdout.splitlines()]
     assert {r["state"] for r in records} == {"COMMITTED", "FAILED"} and all(len(r["file_hash"]) == 64 for r in records)
+    assert {r["config_hash"] for r in records} == {ws.config().config_hash}
 
     committed = [r for r in records if r["state"] == "COMMITTED"][0]["file_hash"]
     touched = filedge("requeue", "--audit-db-url", ws.audit_url, "--hash", committed[:10])
@@ -195,3 +197,118 @@ def test_an_unforeseen_error_is_one_line_without_traceback(ws: Workspace, tmp_pa
     assert result.output.strip() == (
         "filedge: error: internal error: ValueError: something nobody foresaw (set FILEDGE_DEBUG=1 for a traceback)"
     )
+
+
+def test_show_a_file_its_attempts_and_where_its_rows_are(ws: Workspace) -> None:
+    ws.add("good.csv", orders_csv(2))
+    ws.add("bad.csv", "order_id,amount\n1,x\n")
+    ws.run()
+    config = ws.config()
+    rows = {r.path.rsplit("/", 1)[1]: r for r in ws.audit().rows()}
+    good, bad = rows["good.csv"].file_hash, rows["bad.csv"].file_hash
+    dest_url = mask(config.connector.url)
+
+    shown = filedge("show", good[:8], "--audit-db-url", ws.audit_url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    for expected in (
+        f"file:         {good}", "pipeline:     orders", f"path:         {ws.incoming / 'good.csv'}",
+        "state:        COMMITTED", "attempts:     1", "rows:         2", "rejected:     0", "last_error:   -",
+        f"config_hash:  {config.config_hash[:12]}",
+        f"destination:  table orders in {dest_url}, rows where _filedge_file_hash = '{good}'",
+        "history:      1 attempt(s)",
+    ):
+        assert expected in lines, (expected, lines)
+    attempt = lines[-1].split("  ")
+    assert attempt[:2] == ["", "token 1"] and attempt[4:6] == ["committed", attempt[5]] and attempt[5].endswith(" s")
+    assert attempt[6:] == ["rows=2", f"config={config.config_hash[:12]}"]
+    assert not any(line.startswith("rows there:") for line in lines), "counted only with --config"
+
+    failed = filedge("show", bad, "--audit-db-url", ws.audit_url).stdout
+    assert "state:        FAILED (data)" in failed
+    assert "failed (data)" in failed.splitlines()[-1]
+    assert failed.splitlines()[-1].endswith("row 1 (line 2), column 'amount': 'x' is not a valid float")
+
+    counted = filedge("show", good[:8], "--config", str(ws.config_path), "--audit-db-url", ws.audit_url)
+    assert counted.returncode == 0 and "rows there:   2" in counted.stdout.splitlines()
+
+    data = json.loads(filedge("show", good, "--json", "--config", str(ws.config_path), "--audit-db-url", ws.audit_url).stdout)
+    assert (data["file_hash"], data["state"], data["rows_written"], data["config_hash"]) == (
+        good, "COMMITTED", 2, config.config_hash
+    )
+    (entry,) = data["history"]
+    assert (entry["claim_token"], entry["outcome"], entry["rows_written"], entry["config_hash"]) == (
+        1, "committed", 2, config.config_hash
+    )
+    assert entry["duration_s"] >= 0 and entry["ended_at"] >= entry["started_at"]
+    assert data["destination"] == {
+        "table": "orders", "url": dest_url, "hash_column": "_filedge_file_hash", "counted": True, "rows": 2,
+        "rejected_table": "orders_rejected", "rejected_rows": None, "error": None,
+    }
+
+
+def test_show_errors_are_one_line(ws: Workspace) -> None:
+    audit = ws.audit()
+    for file_hash in ("abc1" + "0" * 60, "abc2" + "0" * 60):
+        audit.register("orders", file_hash, f"/in/{file_hash[:4]}.csv", 1, "cfg")
+    audit.register("other", "abc1" + "0" * 60, "/in/x.csv", 1, "cfg")
+    url = ("--audit-db-url", ws.audit_url)
+    assert_one_line_error(filedge("show", "abc", *url), 2, "abc", "more than one file")
+    assert_one_line_error(filedge("show", "ffff", *url), 2, "ffff", "no file with this hash")
+    assert_one_line_error(filedge("show", "xyz", *url), 2, "xyz", "not a hexadecimal")
+    assert_one_line_error(filedge("show", "abc1", *url), 2, "abc1", "more than one pipeline (orders, other)")
+    assert filedge("show", "abc1", "--pipeline", "other", *url).returncode == 0
+    assert_one_line_error(filedge("show", "abc1", "--pipeline", "other", "--config", str(ws.config_path), *url),
+                          2, "--pipeline other", "'orders'")
+    assert_one_line_error(filedge("show", "abc2", "--pipeline", "other", *url), 2, "abc2", "no file")
+    shown = filedge("show", "abc2", *url)
+    assert shown.returncode == 0 and "destination:  unknown" in shown.stdout
+    assert "history:      none recorded" in shown.stdout
+
+
+def test_show_never_creates_the_destination_and_says_when_it_cannot_count(ws: Workspace) -> None:
+    ws.add("a.csv", orders_csv(1))
+    ws.run()
+    file_hash = ws.audit().rows()[0].file_hash
+    args = ("show", file_hash[:10], "--config", str(ws.config_path), "--audit-db-url", ws.audit_url)
+    ws.dest_path.unlink()
+    missing = filedge(*args)
+    assert missing.returncode == 0 and "rows there:   no such table" in missing.stdout
+    assert not ws.dest_path.exists()
+    ws.dest_path.write_bytes(b"not a database" * 100)
+    broken = filedge(*args)
+    assert broken.returncode == 1, broken.stderr
+    assert f"rows there:   not counted: destination sqlite:///{ws.dest_path}: file is not a database" in broken.stdout
+
+
+def test_show_counts_quarantined_rows_too(ws: Workspace) -> None:
+    ws.configure(on_error="quarantine")
+    ws.add("some.csv", "order_id,amount\n1,x\n2,2.5\n3,3.5\n")
+    assert ws.run().returncode == 0
+    shown = filedge("show", ws.audit().rows()[0].file_hash[:9], "--config", str(ws.config_path), "--audit-db-url", ws.audit_url)
+    lines = shown.stdout.splitlines()
+    assert "rows there:   2 (and 1 in orders_rejected)" in lines and "rejected:     1" in lines
+    assert lines[-1].split("  ")[6:8] == ["rows=2", "rejected=1"]
+
+
+def test_prune_deletes_history_never_the_audit_row(ws: Workspace) -> None:
+    ws.add("good.csv", orders_csv(2))
+    ws.add("bad.csv", "order_id,amount\n1,x\n")
+    ws.run()
+    url = ("--audit-db-url", ws.audit_url)
+    dry = filedge("prune", "--older-than", "0", "--dry-run", *url)
+    assert dry.returncode == 0 and dry.stdout == "Would prune: 2 attempt(s)\n"
+    assert filedge("prune", "--older-than", "1", *url).stdout == "Pruned: 0 attempt(s)\n"
+    assert filedge("prune", "--older-than", "0", "--pipeline", "other", *url).stdout == "Pruned: 0 attempt(s)\n"
+    assert filedge("prune", "--older-than", "0", *url).stdout == "Pruned: 2 attempt(s)\n"
+    audit = ws.audit()
+    assert audit.counts() == {"PENDING": 0, "PROCESSING": 0, "COMMITTED": 1, "FAILED": 1}
+    assert all(audit.attempts(r.pipeline, r.file_hash) == [] for r in audit.rows())
+    # The audit row is what keeps a committed file from loading again: the next run skips it.
+    again = ws.run()
+    assert again.stdout == "Committed: 0 Failed: 0 Skipped: 2 New: 0 Reclaimed: 0 Retried: 0\n", again.stderr
+    assert len(ws.dest_rows()) == 2
+    negative = filedge("prune", "--older-than", "-1", *url)
+    assert negative.returncode == 2 and "'--older-than': -1.0 is not in the range x>=0" in negative.stderr
+    assert_one_line_error(filedge("prune", "--older-than", "nan", *url), 2, "--older-than")
+    assert filedge("prune", *url).returncode == 2

@@ -127,7 +127,11 @@ def test_without_heartbeat_the_lease_would_go_stale(ws: Workspace) -> None:
     # Fenced: by its own heartbeat finding the lease gone, or by the ledger refusing its write.
     assert "Committed: 0" in out and ("lease lost while the file was read" in err or "write refused" in err), (out, err)
     assert len(ws.dest_rows()) == 10
-    assert ws.audit().counts()["COMMITTED"] == 1
+    audit = ws.audit()
+    assert audit.counts()["COMMITTED"] == 1
+    # The history tells it: the first attempt was reclaimed, its worker came back and was fenced.
+    attempts = audit.attempts("orders", audit.rows()[0].file_hash)
+    assert [(a.claim_token, a.outcome) for a in attempts] == [(1, "fenced"), (2, "committed")]
 
 
 def test_file_that_kills_its_worker_ends_failed(ws: Workspace) -> None:
@@ -139,5 +143,7 @@ def test_file_that_kills_its_worker_ends_failed(ws: Workspace) -> None:
     final = ws.run(env={"FILEDGE_TEST_CRASH_AT": "after_claim"})
     assert final.returncode == 1
     assert final.stdout.strip() == "Committed: 0 Failed: 1 Skipped: 0 New: 0 Reclaimed: 0 Retried: 0"
-    row = ws.audit().rows()[0]
+    audit = ws.audit()
+    row = audit.rows()[0]
     assert (row.state, row.attempts, row.last_error) == ("FAILED", 2, "worker lost 2 times")
+    assert [(a.claim_token, a.outcome) for a in audit.attempts("orders", row.file_hash)] == [(1, "lost"), (2, "lost")]

@@ -17,15 +17,15 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filedge_core.audit import Attempt, AuditRow
 from filedge_core.scan import hash_file
 from tests.proxy import Proxy
 from tests.support import ROOT, Workspace, age_leases
@@ -337,6 +337,7 @@ def check(ws: Workspace, corpus: Corpus, report: Report) -> None:
     try:
         rows = {row.file_hash: row for row in audit.rows()}
         counts = audit.counts()
+        history = {file_hash: audit.attempts("orders", file_hash) for file_hash in rows}
     finally:
         audit.dispose()
     ledger = dict(ws.query("SELECT file_hash, claim_token FROM _filedge_loads"))
@@ -382,12 +383,35 @@ def check(ws: Workspace, corpus: Corpus, report: Report) -> None:
             violation(f"{file_hash[:12]}: ledger token {ledger[file_hash]} ahead of the audit's {row.claim_token}")
         if file_hash not in corpus.versions:
             report.outcome["half-written contents in the audit"] += 1
+        check_history(file_hash, row, history[file_hash], violation)
     status = subprocess.run(
         [sys.executable, "-m", "filedge_core.cli", "status", "--json", "--audit-db-url", ws.audit_url],
         capture_output=True, text=True,
     )
     if status.returncode != 0 or json.loads(status.stdout) != counts:
         violation(f"filedge status disagrees with the table: {status.stdout.strip()} vs {counts}")
+
+
+def check_history(file_hash: str, row: AuditRow, attempts: list[Attempt], violation: Callable[[str], None]) -> None:
+    """The attempt history agrees with the audit row: one attempt per claim token, every one
+    closed (nothing is PROCESSING any more), the last one the row's outcome."""
+    tokens = [a.claim_token for a in attempts]
+    if tokens != list(range(1, row.claim_token + 1)):
+        violation(f"{file_hash[:12]}: attempts with tokens {tokens}, the audit's token is {row.claim_token}")
+        return
+    if not attempts:
+        return  # registered, never claimed (e.g. gone before a worker got to it)
+    still_open = [a.claim_token for a in attempts if a.outcome is None or a.ended_at is None]
+    if still_open:
+        violation(f"{file_hash[:12]}: attempts {still_open} never closed")
+    last = attempts[-1]
+    if row.state == "COMMITTED" and (last.outcome, last.rows_written) != ("committed", row.rows_written):
+        violation(f"{file_hash[:12]}: COMMITTED with {row.rows_written} rows, last attempt {last.outcome} {last.rows_written}")
+    if [a for a in attempts[:-1] if a.outcome == "committed"]:
+        violation(f"{file_hash[:12]}: an attempt before the last one committed")
+    charged = sum(1 for a in attempts if a.outcome != "given_back")
+    if charged != row.attempts:
+        violation(f"{file_hash[:12]}: {charged} charged attempts in the history, {row.attempts} in the audit")
 
 
 def run(seed: int, seconds: float, files: int, root: Path, postgres: bool = False) -> Report:

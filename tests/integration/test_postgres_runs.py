@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from filedge_core.scan import hash_file
-from tests.acceptance import test_crash
+from tests.acceptance import test_cli, test_crash
 from tests.proxy import Proxy
 from tests.support import Workspace, orders_csv
 
@@ -25,6 +25,11 @@ test_sigkill_mid_insert = test_crash.test_sigkill_mid_insert
 test_heartbeat_keeps_a_slow_file_alive = test_crash.test_heartbeat_keeps_a_slow_file_alive
 test_without_heartbeat_the_lease_would_go_stale = test_crash.test_without_heartbeat_the_lease_would_go_stale
 test_file_that_kills_its_worker_ends_failed = test_crash.test_file_that_kills_its_worker_ends_failed
+# `filedge show` and `filedge prune` with the audit table and the destination on PostgreSQL.
+test_show_a_file_its_attempts_and_where_its_rows_are = test_cli.test_show_a_file_its_attempts_and_where_its_rows_are
+test_show_counts_quarantined_rows_too = test_cli.test_show_counts_quarantined_rows_too
+test_show_errors_are_one_line = test_cli.test_show_errors_are_one_line
+test_prune_deletes_history_never_the_audit_row = test_cli.test_prune_deletes_history_never_the_audit_row
 
 
 @pytest.fixture
@@ -97,6 +102,10 @@ def test_four_concurrent_processes_200_files(ws: Workspace) -> None:
     assert all(row.attempts == 1 for row in audit.rows())
     assert ws.rows_per_hash() == {h: 500 for h in hashes}
     assert ws.ledger() == {h: 500 for h in hashes}
+    for row in audit.rows():  # the history agrees with the audit row: one attempt, by its holder
+        assert [(a.claim_token, a.worker, a.outcome, a.rows_written) for a in audit.attempts("orders", row.file_hash)] == [
+            (1, row.claimed_by, "committed", 500)
+        ]
 
 
 def test_workers_option_shares_the_audit_table(ws: Workspace) -> None:
@@ -136,6 +145,9 @@ def test_zombie_stopped_mid_write_is_fenced(ws: Workspace) -> None:
     assert "write refused: claim token 1 is older than 2" in err
     row = ws.audit().get("orders", file_hash)
     assert (row.state, row.claim_token, row.rows_written) == ("COMMITTED", 2, 2000), "A's audit update changed nothing"
+    attempts = ws.audit().attempts("orders", file_hash)
+    assert [(a.claim_token, a.outcome) for a in attempts] == [(1, "fenced"), (2, "committed")]
+    assert "write refused: claim token 1 is older than 2" in attempts[0].error
     assert ws.rows_per_hash() == {file_hash: 2000}
     assert ws.ledger() == {file_hash: 2000}
 

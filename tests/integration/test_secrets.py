@@ -4,6 +4,7 @@ ledger and rejects, and a Dagster run's metadata."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def test_no_output_or_table_holds_the_password(tmp_path: Path, secret_url: str) 
     ws.add("good.csv", orders_csv(3))
     ws.add("mixed.csv", "order_id,amount\n7,7.5\n8,abc\n")
     ws.add("bad.csv", "order_id,amount\n1\n")
+    good = hashlib.sha256(orders_csv(3).encode()).hexdigest()
     host = secret_url.split("@", 1)[1].rsplit("/", 1)[0]
     wrong_db = with_password(f"postgresql://postgres@{host}/no_such_database")
     closed_port = with_password("postgresql://postgres@127.0.0.1:1/db")
@@ -61,6 +63,10 @@ def test_no_output_or_table_holds_the_password(tmp_path: Path, secret_url: str) 
         filedge("list", "--audit-db-url", secret_url),
         filedge("list", "--json", "--audit-db-url", secret_url),
         filedge("requeue", "--all", "--audit-db-url", secret_url),
+        filedge("show", good[:8], "--audit-db-url", secret_url),
+        filedge("show", good[:8], "--config", str(ws.config_path), "--audit-db-url", secret_url),
+        filedge("show", good[:8], "--json", "--config", str(ws.config_path), "--audit-db-url", secret_url),
+        filedge("prune", "--older-than", "0", "--dry-run", "--audit-db-url", secret_url),
         filedge("status", "--audit-db-url", wrong_db),
         filedge("status", "--audit-db-url", closed_port),
         filedge("list", "--audit-db-url", closed_port),

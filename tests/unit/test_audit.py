@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from filedge_core.audit import AuditStore, ErrorKind, FileState
 from filedge_core.errors import DatabaseUnavailable, UsageError
-from tests.support import age_leases
+from tests.support import age_attempts, age_leases
 
 P = "orders"
 H1 = "a" * 64
@@ -275,3 +275,144 @@ def test_a_claim_whose_answer_was_lost_is_still_ours(audit: AuditStore) -> None:
     assert again is not None and (again.token, again.attempts) == (first.token, first.attempts)
     # ...another worker does not.
     assert audit.claim(P, H1, "host:2", 3, "cfg") is None
+
+
+# -- attempt history (etl_file_attempts) ---------------------------------------------------
+
+
+def history(audit: AuditStore, file_hash: str = H1) -> list[tuple[int, str | None]]:
+    """(claim token, outcome) of each recorded attempt."""
+    return [(a.claim_token, a.outcome) for a in audit.attempts(P, file_hash)]
+
+
+def test_claim_opens_an_attempt_and_commit_closes_it(audit: AuditStore) -> None:
+    register(audit)
+    claim = audit.claim(P, H1, "w1", 3, "cfg2", "orders", "postgresql://loader:s3cret@db.internal/dw")
+    (attempt,) = audit.attempts(P, H1)
+    row = audit.get(P, H1)
+    assert (attempt.claim_token, attempt.worker, attempt.config_hash) == (claim.token, "w1", "cfg2")
+    assert (attempt.dest_table, attempt.dest_url) == ("orders", "postgresql://loader:***@db.internal/dw")
+    assert attempt.started_at == row.claimed_at and attempt.ended_at is None and attempt.outcome is None
+    assert audit.commit(claim, 5, 2)
+    (attempt,) = audit.attempts(P, H1)
+    assert (attempt.outcome, attempt.rows_written, attempt.rows_rejected, attempt.error) == ("committed", 5, 2, None)
+    assert attempt.ended_at is not None and attempt.duration_s >= 0
+
+
+def test_every_way_an_attempt_ends_is_recorded(audit: AuditStore) -> None:
+    register(audit)
+    audit.fail(audit.claim(P, H1, "w", 9, "cfg"), "destination down", ErrorKind.TRANSIENT)
+    audit.release(audit.claim(P, H1, "w", 9, "cfg"), "file changed", 9)
+    audit.give_back(audit.claim(P, H1, "w", 9, "cfg"), "interrupted")
+    audit.claim(P, H1, "w", 9, "cfg")
+    age_leases(audit)
+    assert audit.reclaim_stale(P, 60, 9).pending == 1
+    audit.claim(P, H1, "dagster:abcd1234:7", 9, "cfg")
+    assert audit.reclaim_worker(P, "dagster:abcd1234:", 9).pending == 1
+    audit.fail(audit.claim(P, H1, "w", 9, "cfg"), "row 1: bad", ErrorKind.DATA)
+    attempts = audit.attempts(P, H1)
+    assert [(a.claim_token, a.outcome, a.error_kind) for a in attempts] == [
+        (1, "failed", "transient"), (2, "released", "changed"), (3, "given_back", None), (4, "lost", "lost"),
+        (5, "lost", "lost"), (6, "failed", "data"),
+    ]
+    assert [a.error for a in attempts] == [
+        "destination down", "file changed", "interrupted", "lease not renewed for 60 s: reclaimed",
+        "holder dagster:abcd1234:... known dead: reclaimed", "row 1: bad",
+    ]
+    assert all(a.ended_at is not None for a in attempts)
+    assert audit.get(P, H1).attempts == 5, "the given-back attempt is in the history but not charged"
+
+
+def test_one_reclaim_closes_the_attempt_of_every_file_it_reclaims(audit: AuditStore) -> None:
+    hashes = [H1, H2, "c" * 64]
+    for h in hashes:
+        register(audit, h)
+    for _ in range(2):
+        for h in hashes:
+            audit.claim(P, h, "w", 2, "cfg")
+        age_leases(audit)
+        reclaimed = audit.reclaim_stale(P, 60, 2)
+    assert sorted(reclaimed.lost) == hashes
+    assert [history(audit, h) for h in hashes] == [[(1, "lost"), (2, "lost")]] * 3
+
+
+def test_a_losing_transition_writes_no_history(audit: AuditStore) -> None:
+    register(audit)
+    old = audit.claim(P, H1, "w1", 3, "cfg")
+    assert audit.claim(P, H1, "w2", 3, "cfg") is None  # the loser opens no attempt
+    age_leases(audit)
+    audit.reclaim_stale(P, 60, 3)
+    new = audit.claim(P, H1, "w2", 3, "cfg")
+    assert not audit.commit(old, 1) and not audit.fail(old, "x", ErrorKind.DATA) and not audit.give_back(old, "x")
+    assert not audit.release(old, "x", 3)
+    assert history(audit) == [(1, "lost"), (2, None)], "the zombie's transitions changed no attempt"
+    assert audit.fenced(new, "not lost") is False, "a running attempt is not marked fenced"
+    assert audit.fenced(old, "write refused: claim token 1 is older than 2")
+    assert audit.commit(new, 3)
+    assert history(audit) == [(1, "fenced"), (2, "committed")]
+    assert audit.attempts(P, H1)[0].error == "write refused: claim token 1 is older than 2"
+
+
+def test_concurrent_claims_open_one_attempt(audit: AuditStore) -> None:
+    register(audit)
+    barrier = threading.Barrier(6)
+
+    def worker(i: int) -> None:
+        store = AuditStore(audit.url)
+        barrier.wait()
+        store.claim(P, H1, f"w{i}", 3, "cfg")
+        store.dispose()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (attempt,) = audit.attempts(P, H1)
+    assert attempt.worker == audit.get(P, H1).claimed_by
+
+
+def test_prune_deletes_only_ended_attempts_older_than_asked(audit: AuditStore) -> None:
+    for h in (H1, H2, "c" * 64):
+        register(audit, h)
+    audit.commit(audit.claim(P, H1, "w", 3, "cfg"), 1)
+    audit.fail(audit.claim(P, H2, "w", 3, "cfg"), "bad", ErrorKind.DATA)
+    audit.claim(P, "c" * 64, "w", 3, "cfg")  # still running
+    audit.register("other", H1, "/x", 1, "cfg")
+    audit.commit(audit.claim("other", H1, "w", 3, "cfg"), 1)
+    age_attempts(audit, 3 * 86400)
+    age_attempts(audit, 3600, H2)
+    assert audit.prune_attempts(2, dry_run=True) == 2
+    assert audit.prune_attempts(2, pipeline=P) == 1
+    assert history(audit, H1) == [] and history(audit, H2) == [(1, "failed")]
+    assert audit.prune_attempts(0) == 2
+    assert audit.prune_attempts(0) == 0
+    assert history(audit, "c" * 64) == [(1, None)], "a running attempt is never pruned"
+    assert audit.counts() == {"PENDING": 0, "PROCESSING": 1, "COMMITTED": 2, "FAILED": 1}, "no audit row is touched"
+    assert audit.claim(P, H1, "w", 3, "cfg") is None, "a pruned committed file is still committed"
+
+
+def test_an_audit_database_from_before_history_gets_the_table(audit: AuditStore) -> None:
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE etl_file_attempts"))
+    register(audit)
+    fresh = AuditStore(audit.url)
+    fresh.ensure_schema()
+    fresh.commit(fresh.claim(P, H1, "w", 3, "cfg"), 1)
+    assert history(fresh) == [(1, "committed")]
+    fresh.dispose()
+
+
+def test_a_file_registered_again_replaces_its_stale_history(audit: AuditStore) -> None:
+    """Deleting an audit row restarts its tokens: the old attempt of the same token is replaced."""
+    register(audit)
+    audit.fail(audit.claim(P, H1, "w", 3, "cfg"), "bad", ErrorKind.DATA)
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM etl_file_audit"))
+    register(audit)
+    claim = audit.claim(P, H1, "w2", 3, "cfg")
+    assert claim.token == 1
+    (attempt,) = audit.attempts(P, H1)
+    assert (attempt.worker, attempt.outcome, attempt.error, attempt.ended_at) == ("w2", None, None, None)
+    assert audit.commit(claim, 1)
+    assert history(audit) == [(1, "committed")]

@@ -133,3 +133,17 @@ def test_existing_compatible_table_is_used(tmp_path: Path) -> None:
         conn.execute('CREATE TABLE orders (id BIGINT, "when" TEXT, day VARCHAR(10), ok INT, "select" CLOB, '
                      "_filedge_file_hash TEXT, extra TEXT)")
     assert make(tmp_path).write(FileWrite("orders", H, 1, frame([1]))).rows_written == 1
+
+
+def test_stored_rows_reads_only(tmp_path: Path) -> None:
+    config = parse_pipeline({"dest_table": "orders", "connector": {"type": "sqlite", "url": "sqlite:///dest.db"},
+                             "columns": [{"source": "id", "type": "int"}]}, "p.yaml", tmp_path)
+    reader = open_connector(config)
+    assert (reader.stored_rows(H).rows, reader.stored_rows(H).rejected) == (None, None)
+    assert not (tmp_path / "dest.db").exists(), "nothing is created"
+    writer = open_connector(config)
+    writer.prepare()
+    writer.write(FileWrite("orders", H, 1, pl.DataFrame({"id": [1, 2, 3]})))
+    writer.close()
+    assert (reader.stored_rows(H).rows, reader.stored_rows(H).rejected) == (3, None)
+    assert reader.stored_rows("d" * 64).rows == 0

@@ -193,3 +193,23 @@ def test_a_renamed_file_is_loaded_from_where_it_is_now(ws: Workspace) -> None:
     connector.prepare()
     assert process_file(config, file_hash, audit, connector).outcome == "committed"
     assert len(ws.dest_rows()) == 2
+
+
+def test_each_attempt_records_the_config_and_destination_it_used(ws: Workspace) -> None:
+    ws.add("a.csv", "order_id,amount\n1,abc\n")
+    run(ws)
+    first = ws.config()
+    ws.configure(columns=[{"source": "order_id", "type": "string"}, {"source": "amount", "type": "float"}],
+                 csv={"null_values": ["abc"]})
+    second = ws.config()
+    audit = ws.audit()
+    (row,) = audit.rows()
+    assert audit.requeue([row.file_hash]) == 1
+    assert run(ws).committed == 1
+    attempts = audit.attempts("orders", row.file_hash)
+    assert [(a.outcome, a.config_hash) for a in attempts] == [
+        ("failed", first.config_hash), ("committed", second.config_hash)
+    ]
+    assert first.config_hash != second.config_hash == audit.get("orders", row.file_hash).config_hash
+    assert {(a.dest_table, a.dest_url) for a in attempts} == {("orders", second.connector.url)}
+    assert attempts[1].rows_written == 1

@@ -358,8 +358,15 @@ class AuditStore:
                     raise DatabaseUnavailable(
                         f"audit database {self.display_url}: directory {Path(path).parent} does not exist"
                     )
-        with self._errors():
-            self._create_all()
+        try:
+            with self._errors():
+                self._create_all()
+        except sa.exc.ProgrammingError as exc:  # e.g. no CREATE privilege for a new table
+            raise DatabaseUnavailable(
+                f"audit database {self.display_url}: cannot create filedge's tables "
+                f"({mask(first_line(getattr(exc, 'orig', None) or exc))}); run filedge once as a role that "
+                "may create tables in this schema (etl_file_audit, etl_file_attempts, etl_file_stat_cache)"
+            ) from None
         self._schema_ready = True
 
     @_retry

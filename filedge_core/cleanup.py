@@ -1,98 +1,198 @@
 """``after_commit``: what happens to a source file once its content is COMMITTED.
 
-Cleanup runs only after the audit commit, and only on a file that still holds the committed
-bytes: its stat fingerprint (size, mtime, ctime, inode) must be the one it had when it was read
-or hashed, and a file changed within the last two seconds (a coarse file-system clock could hide
-a rewrite) is hashed again first. A crash between the commit and the cleanup is harmless: the
-next scan finds the file, sees its content COMMITTED and cleans it up then. Cleanup never
-touches the audit state; a file that cannot be cleaned up is a warning and stays where it is."""
+Cleanup runs only after the audit commit, only on a file whose audit row says COMMITTED, and
+only on the committed bytes:
+
+1. The file is first renamed to a private hidden name in the same directory (atomic; hidden
+   names are never candidates). A producer that publishes a new file under the same name
+   afterwards (write ``name.tmp``, rename into place) is not touched.
+2. The inode now held privately must have the stat fingerprint (size, mtime, ctime, inode) it
+   had when it was read or hashed; if it was modified within two seconds of that moment (a
+   coarse file-system clock could hide a rewrite), it is hashed again.
+3. Only then is it deleted or moved. A move never overwrites anything: it links the file under
+   its name in the archive (or ``name.<hash12>.suffix`` if the name is taken); across file
+   systems the copy is hashed as it is written and checked before the source goes.
+
+A file that fails a check is put back under its name (or, if a new file took the name meanwhile,
+under ``name.<hash12>.suffix``, so that it is scanned and loaded like any new content) with a
+warning. A crash between the commit and the cleanup is harmless: the next scan finds the file,
+its content COMMITTED, and cleans it up then (a crash inside the cleanup leaves a hidden
+``.name.filedge-…`` file, which the next cleanup of that directory puts back). Cleanup never
+changes the audit state."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import itertools
 import os
-import shutil
 import time
 
 from .config import PipelineConfig
-from .scan import hash_file
+from .errors import ConfigError
+from .scan import HASH_CHUNK, hash_file
 
 Fingerprint = tuple[int, int, int, int]
 
-# As the scan's stat cache: within this window a rewrite may not move mtime/ctime.
+# Within this window of a file's last change, a rewrite may not move mtime/ctime (as for the
+# scan's stat cache, runner.STAT_CACHE_SETTLE_NS).
 _SETTLE_NS = 2_000_000_000
+_PRIVATE = ".filedge-cleanup-"
+_ABANDONED_AFTER_S = 60
+_serial = itertools.count()
 
 
-def fingerprint_of(path: str) -> Fingerprint | None:
-    """(size, mtime_ns, ctime_ns, inode) of ``path`` (not following symlinks); None if gone."""
+def check_target(config: PipelineConfig, directory: str | os.PathLike[str]) -> None:
+    """``after_commit: move`` must not point at the watched directory itself (each scan would
+    move the files again)."""
+    target = config.after_commit.directory
+    if target is not None and os.path.realpath(target) == os.path.realpath(directory):
+        raise ConfigError(f"after_commit.move: {target} is the directory being loaded; choose another directory")
+
+
+def clean_up(
+    config: PipelineConfig, path: str, fingerprint: Fingerprint, taken_ns: int, file_hash: str
+) -> tuple[str | None, str | None]:
+    """Apply ``after_commit`` to one file whose content is COMMITTED. ``fingerprint`` is the
+    file's stat when it was read or hashed, ``taken_ns`` when that was (``time.time_ns()``).
+
+    Returns ``(new_path, trouble)``: where the file is now (None if deleted, kept or gone) and
+    what went wrong, if anything, without the path (the file then stays, under its name)."""
+    action = config.after_commit.action
+    if action == "keep":
+        return None, None
+    directory, name = os.path.split(path)
+    private = os.path.join(directory, f".{name}{_PRIVATE}{os.getpid()}-{next(_serial)}")
     try:
-        st = os.lstat(path)
+        if _fingerprint(path) != fingerprint:
+            return None, _trouble(action, "changed since it was read")
+        os.rename(path, private)
     except FileNotFoundError:
-        return None
+        return None, None  # gone already (another worker's cleanup, or the producer)
+    except OSError as exc:
+        return None, _trouble(action, exc.strerror or str(exc))
+    try:
+        if not _holds(private, fingerprint, taken_ns, file_hash):
+            put_back = _put_back(private, path)
+            return None, _trouble(action, f"changed since it was read; left as {put_back}")
+        if action == "delete":
+            os.unlink(private)
+            return None, None
+        assert config.after_commit.directory is not None
+        return _move(private, name, config.after_commit.directory, file_hash), None
+    except OSError as exc:
+        if os.path.lexists(private):
+            _put_back(private, path)
+        return None, _trouble(action, exc.strerror or str(exc))
+
+
+def _trouble(action: str, why: str) -> str:
+    return f"not cleaned up (after_commit: {action}): {why}"
+
+
+def _fingerprint(path: str) -> Fingerprint:
+    st = os.lstat(path)
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def _unchanged(path: str, fingerprint: Fingerprint, file_hash: str) -> bool:
-    if fingerprint_of(path) != fingerprint:
+def _holds(private: str, fingerprint: Fingerprint, taken_ns: int, file_hash: str) -> bool:
+    """Whether the file just renamed to ``private`` is the inode that was read (checked with
+    its full fingerprint under its name just before), with the bytes that were committed. The
+    rename itself moves ctime, so here the inode, size and mtime are compared."""
+    st = os.lstat(private)
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != (fingerprint[0], fingerprint[1], fingerprint[3]):
         return False
-    if max(fingerprint[1], fingerprint[2]) >= time.time_ns() - _SETTLE_NS:
-        try:
-            return hash_file(path) == file_hash
-        except OSError:
-            return False
+    if max(fingerprint[1], fingerprint[2]) >= taken_ns - _SETTLE_NS:
+        return hash_file(private) == file_hash
     return True
 
 
-def clean_up(config: PipelineConfig, path: str, fingerprint: Fingerprint, file_hash: str) -> tuple[str | None, str | None]:
-    """Apply ``after_commit`` to one file whose content is COMMITTED.
-
-    Returns ``(new_path, warning)``: where the file is now (None if deleted or kept) and what
-    went wrong, if anything (the file then stays where it is)."""
-    action = config.after_commit
-    if action.action == "keep":
-        return None, None
-    if not _unchanged(path, fingerprint, file_hash):
-        return None, f"{path}: not cleaned up (after_commit: {action.action}): changed since it was read"
-    try:
-        if action.action == "delete":
-            os.unlink(path)
-            return None, None
-        assert action.directory is not None
-        return _move(path, action.directory, file_hash), None
-    except FileNotFoundError:
-        return None, None  # someone else cleaned it up
-    except OSError as exc:
-        return None, f"{path}: not cleaned up (after_commit: {action.action}): {exc.strerror or exc}"
-
-
-def _target(directory: str, name: str, file_hash: str) -> str:
-    """``directory/name``, or ``name`` with the short hash before its suffix if that is taken by
-    other bytes (the same bytes may be replaced: they are the same file)."""
-    target = os.path.join(directory, name)
-    if not os.path.lexists(target):
-        return target
+def _hashed_name(name: str, file_hash: str) -> str:
     stem, dot, suffix = name.partition(".")
-    return os.path.join(directory, f"{stem}.{file_hash[:12]}{dot}{suffix}")
+    return f"{stem}.{file_hash[:12]}{dot}{suffix}"
 
 
-def _move(path: str, directory: str, file_hash: str) -> str:
+def _link_without_overwrite(source: str, directory: str, name: str, file_hash: str) -> str | None:
+    """Link ``source`` as ``directory/name``, else ``name.<hash12>.suffix``; None if that one
+    exists too (it holds these very bytes: only this function gives out such names)."""
+    for candidate in (name, _hashed_name(name, file_hash)):
+        target = os.path.join(directory, candidate)
+        try:
+            os.link(source, target)
+            return target
+        except FileExistsError:
+            continue
+    return None
+
+
+def _put_back(private: str, path: str) -> str:
+    """Make a private file visible again, under its name or, if a new file took that name, a
+    name with the short hash of its own bytes (which it holds, if that exists already)."""
+    directory, name = os.path.split(path)
+    own_hash = hash_file(private)
+    target = _link_without_overwrite(private, directory, name, own_hash)
+    os.unlink(private)
+    return target or os.path.join(directory, _hashed_name(name, own_hash))
+
+
+def _move(private: str, name: str, directory: str, file_hash: str) -> str:
     os.makedirs(directory, exist_ok=True)
-    target = _target(directory, os.path.basename(path), file_hash)
     try:
-        os.rename(path, target)
-        return target
+        target = _link_without_overwrite(private, directory, name, file_hash)
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-    # Another file system: copy under a hidden name, make it durable, rename into place, and
-    # only then remove the source. A crash leaves at worst a hidden temp file and the source.
-    partial = os.path.join(directory, f".{os.path.basename(target)}.filedge-partial")
-    shutil.copy2(path, partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.rename(partial, target)
-    os.unlink(path)
-    return target
+        target = _copy_across(private, name, directory, file_hash)
+    os.unlink(private)
+    return target or os.path.join(directory, _hashed_name(name, file_hash))
 
 
-__all__ = ["Fingerprint", "clean_up", "fingerprint_of"]
+def _copy_across(private: str, name: str, directory: str, file_hash: str) -> str | None:
+    """Another file system (or no hard links): copy under a hidden name, hashing the bytes as
+    they are written, make them durable, then link them into place."""
+    partial = os.path.join(directory, f".{name}{_PRIVATE}{os.getpid()}-{next(_serial)}")
+    digest = hashlib.sha256()
+    try:
+        with open(private, "rb") as source, open(partial, "xb") as copy:
+            while piece := source.read(HASH_CHUNK):
+                digest.update(piece)
+                copy.write(piece)
+            copy.flush()
+            os.fsync(copy.fileno())
+        if digest.hexdigest() != file_hash:
+            raise OSError(errno.EIO, "the copy does not hold the committed bytes")
+        target = _link_without_overwrite(partial, directory, name, file_hash)
+        _fsync_directory(directory)
+        return target
+    finally:
+        if os.path.lexists(partial):
+            os.unlink(partial)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_private(directory: str | os.PathLike[str]) -> None:
+    """Put back the files a crash left under a private cleanup name in ``directory``: each goes
+    back under its name (or a hashed one), so the next scan sees it (and, its content being
+    COMMITTED, cleans it up properly)."""
+    try:
+        entries = [e for e in os.scandir(directory) if _PRIVATE in e.name and e.name.startswith(".")]
+    except OSError:
+        return
+    settled_before = time.time() - _ABANDONED_AFTER_S  # not one another worker is cleaning up now
+    for entry in entries:
+        name = entry.name[1:].split(_PRIVATE, 1)[0]
+        try:
+            if entry.stat(follow_symlinks=False).st_ctime < settled_before:
+                _put_back(entry.path, os.path.join(os.fspath(directory), name))
+        except OSError:
+            continue
+
+
+__all__ = ["Fingerprint", "check_target", "clean_up", "recover_private"]

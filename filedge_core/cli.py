@@ -154,7 +154,8 @@ def run(
     config = load_pipeline(config_path)
 
     def report(result: FileResult) -> None:
-        if not result.committed:
+        # Fenced, interrupted and given-back files are warnings of the summary, not errors.
+        if result.outcome in ("failed", "released"):
             click.echo(
                 one_line(f"filedge: {result.outcome.upper()} {result.path} ({result.file_hash[:12]}): {result.error}"),
                 err=True,
@@ -168,14 +169,23 @@ def run(
                 if warning not in shown:
                     click.echo(one_line(f"filedge: warning: {warning}"), err=True)
                 if watch:  # a FAILED file is announced once, not at every scan
+                    if len(shown) > 100_000:
+                        shown.clear()
                     shown.add(warning)
         if line:
             click.echo(json.dumps(summary.as_dict()) if as_json else summary.line())
 
-    audit = _audit(audit_db_url) if workers == 1 else None
+    from .shutdown import Interrupted
+
+    stores: list[Any] = []  # the audit store of --workers 1, opened by the first scan that can
     try:
         while True:
-            summary = _run_once(config, directory, audit, audit_db_url, workers, grace, report, quiet, watch)
+            try:
+                summary = _run_once(config, directory, stores, audit_db_url, workers, grace, report, quiet, watch)
+            except Interrupted:
+                if not watch:
+                    raise
+                summary = None  # the grace period ended outside a file (a long scan): stop now
             if not watch:
                 disarm()
                 show(summary)
@@ -186,14 +196,14 @@ def run(
                 disarm()
                 sys.exit(0)
     finally:
-        if audit is not None:
-            audit.dispose()
+        for store in stores:
+            store.dispose()
 
 
 def _run_once(
     config: Any,
     directory: str,
-    audit: Any,
+    stores: list[Any],
     audit_db_url: str,
     workers: int,
     grace: float,
@@ -222,7 +232,11 @@ def _run_once(
             )
         from .runner import run_pipeline
 
-        return run_pipeline(config, directory, audit, on_result=result, on_plan=progress.plan, on_start=progress.start)
+        if not stores:
+            stores.append(_audit(audit_db_url))
+        return run_pipeline(
+            config, directory, stores[0], on_result=result, on_plan=progress.plan, on_start=progress.start
+        )
     except DatabaseUnavailable as exc:
         if not watch:
             raise

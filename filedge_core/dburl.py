@@ -8,9 +8,14 @@ from pathlib import Path
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.I)
 
 
+# libpq also takes the password as a URI parameter (?password=…) or a conninfo keyword.
+_PASSWORD_PARAMETER = re.compile(r"(?P<head>(?<![a-z0-9_])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^&\s]+)", re.I)
+
+
 def mask(text: str) -> str:
-    """Replace every password in URLs inside ``text`` with ``***``."""
-    return _PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    """Replace every password in URLs (user:password@, ?password=) inside ``text`` with ``***``."""
+    text = _PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    return _PASSWORD_PARAMETER.sub(lambda m: m.group("head") + "***", text)
 
 
 def scheme(url: str) -> str:

@@ -1,9 +1,10 @@
 """What ``filedge run`` shows on stderr while it works.
 
 On a terminal: click's progress bar (files done / total, ETA) followed by rows, throughput and
-the file being loaded. Not on a terminal (a log, a pipe): one plain line every
-``PLAIN_EVERY_S`` seconds, so long runs show they are alive without a line per file. ``--quiet``:
-nothing. The summary line on stdout is never affected."""
+the file being loaded. Not on a terminal (a log, a pipe): a plain line when a file finishes, at
+most one every ``PLAIN_EVERY_S`` seconds, so a run of many files shows it is alive without a line
+per file (one long file shows nothing until it is done). ``--quiet``: nothing. The summary line
+on stdout is never affected."""
 
 from __future__ import annotations
 

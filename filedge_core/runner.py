@@ -4,6 +4,7 @@ The command line and the Dagster asset both call these functions; neither re-imp
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .audit import AuditStore, Claim, ErrorKind, FileState, snapshot_order
 from .config import PipelineConfig
-from .errors import FiledgeError, FileOutcome, LeaseLost, TransientError
+from .errors import DatabaseUnavailable, FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
 from .scan import Candidate, hash_file, list_candidates
 from .shutdown import SHUTDOWN, Interrupted
@@ -227,6 +228,10 @@ def process_claim(
     bytes are hashed as they are parsed, and the transaction cannot commit unless they are
     the claimed bytes."""
     started = time.monotonic()
+    loaded: FileResult | None = None
+    error: FiledgeError | None = None
+    fingerprint: tuple[int, int, int, int] | None = None
+    opened_ns = 0
     with Heartbeat(audit, claim, heartbeat_interval(config)) as heartbeat:
 
         def still_ours() -> None:  # no need to write what the ledger would refuse
@@ -244,7 +249,7 @@ def process_claim(
                 written = connector.write(
                     FileWrite(claim.pipeline, claim.file_hash, claim.token, batches, file_order(claim))
                 )
-                fingerprint = snapshot.fingerprint
+                fingerprint, opened_ns = snapshot.fingerprint, snapshot.opened_ns
             checkpoint("after_dest_commit")
             rejected = 0 if written.superseded_by else batches.rows_rejected
             if not audit.commit(claim, written.rows_written, rejected):
@@ -255,11 +260,7 @@ def process_claim(
                 note = f"not loaded: a newer snapshot ({written.superseded_by[:12]}) is in {config.dest_table} already"
             elif rejected:
                 note = f"{rejected} row(s) quarantined in {config.rejected_table}"
-            if fingerprint is not None and config.after_commit.action != "keep":
-                moved_to, trouble = after_commit(config, audit, claim.file_hash, path, fingerprint)
-                note = "; ".join(filter(None, [note, trouble]))
-                path = moved_to or path
-            return FileResult(
+            loaded = FileResult(
                 claim.file_hash, path, "committed", written.rows_written, None, claim.attempts,
                 time.monotonic() - started, rows_rejected=rejected, note=note,
             )
@@ -281,20 +282,47 @@ def process_claim(
         except BaseException:  # e.g. a Dagster run termination: give the lease back, then stop
             _give_back_quietly(audit, claim)
             raise
+    if loaded is not None:
+        return _clean_up_after_load(config, audit, loaded, fingerprint, opened_ns)
+    assert error is not None
     outcome = settle(audit, claim, error, config.retry_cap)
     attempts = claim.attempts - 1 if outcome == "given_back" else claim.attempts
     retryable = error.outcome is not FileOutcome.TERMINAL and attempts < config.retry_cap
     return FileResult(claim.file_hash, path, outcome, 0, str(error), attempts, time.monotonic() - started, retryable)
 
 
+def _clean_up_after_load(
+    config: PipelineConfig,
+    audit: AuditStore,
+    loaded: FileResult,
+    fingerprint: tuple[int, int, int, int] | None,
+    opened_ns: int,
+) -> FileResult:
+    """``after_commit`` for a file this worker just committed. A stop that lands here skips the
+    cleanup (the next scan does it): the file stays committed either way."""
+    if fingerprint is None or config.after_commit.action == "keep":
+        return loaded
+    try:
+        moved_to, trouble = after_commit(config, audit, loaded.file_hash, loaded.path, fingerprint, opened_ns)
+    except (Interrupted, KeyboardInterrupt):
+        return loaded
+    note = "; ".join(filter(None, [loaded.note, trouble])) or None
+    return dataclasses.replace(loaded, path=moved_to or loaded.path, note=note)
+
+
 def after_commit(
-    config: PipelineConfig, audit: AuditStore, file_hash: str, path: str, fingerprint: tuple[int, int, int, int]
+    config: PipelineConfig,
+    audit: AuditStore,
+    file_hash: str,
+    path: str,
+    fingerprint: tuple[int, int, int, int],
+    taken_ns: int,
 ) -> tuple[str | None, str | None]:
     """Clean up a file whose content is COMMITTED (``after_commit``); a moved file's audit row
     gets its new path. Returns the new path (if moved) and a warning (if it could not be done)."""
     from .cleanup import clean_up
 
-    moved_to, trouble = clean_up(config, path, fingerprint, file_hash)
+    moved_to, trouble = clean_up(config, path, fingerprint, taken_ns, file_hash)
     if moved_to is not None:
         try:
             audit.relocate(config.name, file_hash, path, moved_to)
@@ -324,7 +352,10 @@ def settle(audit: AuditStore, claim: Claim, exc: FiledgeError, retry_cap: int) -
         audit.release(claim, str(exc), retry_cap)
         return "released"
     if exc.outcome is FileOutcome.GIVE_BACK:
-        audit.give_back(claim, f"{exc}; the lease was given back")
+        try:
+            audit.give_back(claim, f"{exc}; the lease was given back")
+        except DatabaseUnavailable:
+            pass  # the audit database is away too: the lease goes stale and is reclaimed
         return "given_back"
     audit.fail(claim, str(exc), _FAIL_KIND[exc.outcome])
     return "failed"
@@ -400,6 +431,13 @@ def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: A
 def _plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore) -> RunPlan:
     summary = RunSummary()
     audit.ensure_schema()
+    cleaning = config.after_commit.action != "keep"
+    if cleaning:
+        from .cleanup import check_target, recover_private
+
+        check_target(config, directory)
+        recover_private(directory)
+    scan_started_ns = time.time_ns()
     scanned = scan_directory(directory, config, summary, audit)
 
     reclaimed = audit.reclaim_stale(config.name, config.stale_timeout_seconds, config.retry_cap)
@@ -435,15 +473,19 @@ def _plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: 
     open_rows = audit.open_rows(config.name)  # a hash without an open row is COMMITTED
     # Every file whose hash has no open row needs no work; only the others are looked at.
     summary.skipped += sum(len(items) for h, items in by_hash.items() if h not in open_rows)
-    if config.after_commit.action != "keep":
+    if cleaning:
         # Files whose content is COMMITTED but that are still here: a crash came between a
         # commit and its cleanup, or the same bytes were dropped in again under another name.
-        for file_hash, items in by_hash.items():
-            if file_hash not in open_rows:
-                for item in items:
-                    _, trouble = after_commit(config, audit, file_hash, item.candidate.location, item.candidate.fingerprint)
-                    if trouble:
-                        summary.warnings.append(trouble)
+        # Only a row read as COMMITTED counts (a hash may have no row at all).
+        rows = audit.rows_for(config.name, [h for h in by_hash if h not in open_rows])
+        for file_hash, row in rows.items():
+            if row.state != FileState.COMMITTED.value:
+                continue
+            for item in by_hash[file_hash]:
+                candidate = item.candidate
+                _, trouble = after_commit(config, audit, file_hash, candidate.location, candidate.fingerprint, scan_started_ns)
+                if trouble:
+                    summary.warnings.append(f"{candidate.location}: {trouble}")
     todo = []
     for file_hash, row in open_rows.items():
         items = by_hash.get(file_hash)

@@ -3,7 +3,8 @@
 The first signal asks the run to stop: no new file is claimed, and the file being loaded may
 finish for ``grace`` seconds. Then (or at a second signal) ``Interrupted`` is raised in the main
 thread; the file's transaction rolls back and its lease is given back without charging an
-attempt (``runner.process_claim``). The command prints its summary and exits 143 or 130."""
+attempt (``runner.process_claim``). The command prints its summary and exits 143 or 130
+(``filedge run --watch``, a service whose normal end is a signal, exits 0)."""
 
 from __future__ import annotations
 

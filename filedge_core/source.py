@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Snapshot(io.RawIOBase):
         self.name = name
         self.expected = expected
         self.fingerprint = fingerprint  # (size, mtime_ns, ctime_ns, inode) when opened
+        self.opened_ns = time.time_ns()
         self._sha = hashlib.sha256()
         self._at_end = False  # the end was reached (and the hash checked): no byte may follow
 

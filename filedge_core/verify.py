@@ -162,6 +162,13 @@ def verify_pipeline(
     if directory is not None and not os.path.isdir(directory):  # before anything is read
         problem = "not a directory" if os.path.exists(directory) else "no such directory"
         raise ConfigError(f"--dir {os.path.abspath(directory)}: {problem}")
+    if fix and directory is None and config.after_commit.action != "keep":
+        # A committed file's recorded path is its archive (or nothing): a requeue would name
+        # bytes no run scans, and verify would then call the damage a pending rewrite.
+        raise UsageError(
+            f"verify --fix: the pipeline cleans up committed files (after_commit: {config.after_commit.action}); "
+            "give --dir DIR, the directory runs load, and put the files to reload back into it"
+        )
     since = audit.clock()  # before the destination is read: later commits are "recent"
     connector = open_connector(config)
     try:

@@ -30,6 +30,7 @@ def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], 
     forwards it: one signal, one grace period, in every process."""
     os.setsid()
     install(grace)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     audit = AuditStore(audit_url)
     summary = RunSummary()
     try:
@@ -84,6 +85,10 @@ def run_parallel(
         on_plan(plan)
     if not items:
         return summary
+    if SHUTDOWN.requested:  # stopped while scanning: start no worker
+        summary.skipped += len(items)
+        summary.warnings.append(f"stopping: {len(items)} file(s) left for the next run")
+        return summary
     connector = open_connector(config)
     try:
         connector.prepare()  # a bad destination stops the run before any worker claims
@@ -98,8 +103,16 @@ def run_parallel(
         )
         for k in range(workers)
     ]
-    for proc in procs:
-        proc.start()
+    # A stop forwarded to a worker before it has installed its handlers would kill it: the
+    # workers start with SIGTERM and SIGINT blocked (the mask survives exec) and unblock them
+    # once their handlers are in place; a signal sent meanwhile waits for them.
+    stops = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     finished = 0
     processed: set[str] = set()
     forwarded = False

@@ -80,6 +80,8 @@ def build_sensor(entry: PipelineEntry) -> dg.SensorDefinition:
             f"{name}: {len(plan.seen)} file(s) seen, {s.new} new, {s.reclaimed} lease(s) reclaimed, "
             f"{len(todo)} to load in {len(requests)} run(s), {len(busy)} in flight"
         )
+        for warning in s.warnings:  # e.g. a file that could not be read or cleaned up
+            context.log.warning(f"{name}: {warning}")
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[partitions.build_add_request(new_keys)] if new_keys else [],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import select
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -195,7 +196,7 @@ def _within_postgres_range(frame: pl.DataFrame) -> bool:
 
 # Connection failures worth waiting out: no answer, or a server that is starting or stopping.
 # Anything else the server says while refusing (no such role or database, bad password) is final.
-_PASSING_REFUSALS = ("the database system is", "too many clients", "remaining connection slots")
+_PASSING_REFUSALS = ("the database system is", "too many clients", "too many connections", "remaining connection slots")
 
 
 def _worth_retrying(exc: BaseException) -> bool:
@@ -249,6 +250,8 @@ class PostgresConnector:
     # -- plumbing -------------------------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection:
+        if self._conn is not None and self._closed_while_idle():
+            self._drop_connection()  # reconnect (patiently) rather than fail the next file with it
         if self._conn is None:
             try:
                 conn = _connect_patiently(self._conninfo, self.config.connector.connect_retry_seconds)
@@ -271,6 +274,20 @@ class PostgresConnector:
                 self._drop_connection()
                 raise
         return self._conn
+
+    def _closed_while_idle(self) -> bool:
+        """Whether the server ended an idle connection (a restart, pg_terminate_backend, an
+        idle timeout): an idle session has nothing to read unless the server said goodbye."""
+        conn = self._conn
+        if conn is None or conn.broken or conn.closed:
+            return True
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return False
+        try:
+            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        except (OSError, ValueError, psycopg.OperationalError):
+            return True
+        return bool(readable)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -115,3 +115,22 @@ def test_bad_after_commit_is_one_line_naming_the_key(ws: Workspace, value: objec
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "after_commit" in lines[0] and "pipeline.yaml" in lines[0], lines
+
+
+def test_verify_fix_needs_dir_when_files_are_cleaned_up(ws: Workspace) -> None:
+    """After a move the recorded path is the archive, which no run scans: a requeue there would
+    be a repair that never happens."""
+    ws.configure(after_commit={"move": "archive"})
+    ws.add("a.csv", orders_csv(3))
+    assert ws.run().returncode == 0
+    ws.execute("DELETE FROM orders WHERE rowid IN (SELECT rowid FROM orders LIMIT 1)")
+    args = ("verify", "--config", str(ws.config_path), "--audit-db-url", ws.audit_url)
+    assert filedge(*args).returncode == 1
+    refused = filedge(*args, "--fix")
+    assert refused.returncode == 2 and "give --dir DIR" in refused.stderr
+    # With --dir and the file put back into it, the repair goes through.
+    (ws.root / "archive" / "a.csv").rename(ws.incoming / "a.csv")
+    fixed = filedge(*args, "--fix", "--dir", str(ws.incoming))
+    assert "repaired: 1" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert ws.run().stdout.startswith("Committed: 1 ")
+    assert filedge(*args).returncode == 0

@@ -131,3 +131,42 @@ def test_watch_announces_a_failed_file_once_and_finishes_its_file_on_stop(ws: Wo
     assert err.count("needs `filedge requeue") == 1, err
     assert err.count("FAILED") >= 1 and "Traceback" not in err
     assert out.splitlines()[-1] == "Committed: 1 Failed: 0 Skipped: 1 New: 1 Reclaimed: 0 Retried: 0"
+
+
+def test_watch_waits_for_an_audit_database_that_is_not_there_yet(tmp_path: Path) -> None:
+    """A service started before its audit database can be reached keeps trying."""
+    ws = Workspace(tmp_path, audit_url=f"sqlite:///{tmp_path / 'later' / 'filedge.db'}")
+    file_hash = hash_file(ws.add("a.csv", orders_csv(2)))
+    proc = ws.popen_run("--watch", "--interval", "0.2")
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()
+        (tmp_path / "later").mkdir()
+        wait_for(lambda: ws.dest_path.exists() and bool(ws.query(
+            "SELECT name FROM sqlite_master WHERE name = 'orders'")) and ws.rows_per_hash().get(file_hash) == 2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "does not exist; trying again at the next scan" in err
+    assert err.count("trying again") >= 2 and "Traceback" not in err
+    assert out.splitlines() == ["Committed: 1 Failed: 0 Skipped: 0 New: 1 Reclaimed: 0 Retried: 0"]
+
+
+def test_watch_stopped_during_a_long_scan_exits_0(ws: Workspace) -> None:
+    """The grace period ends while a big new file is being hashed (not loaded): still a clean
+    stop for a service."""
+    with open(ws.incoming / "big.csv", "wb") as handle:
+        handle.truncate(8 << 30)  # sparse: hashing it takes seconds, storing it nothing
+    proc = ws.popen_run("--watch", "--grace", "0.2")
+    try:
+        time.sleep(1.5)  # imports done, the scan is hashing
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err

@@ -306,6 +306,29 @@ def test_watch_rides_out_the_audit_database_going_away(tmp_path: Path, pg_databa
         proxy.close()
 
 
+def test_a_connection_the_server_closed_between_files_charges_no_file(ws: Workspace, pg_database: str) -> None:
+    """The server ends the writer's idle session after a.csv (a restart, an idle timeout,
+    pg_terminate_backend): b.csv gets a new connection instead of failing with the dead one."""
+    import psycopg
+
+    from tests.support import libpq_url
+
+    first = hash_file(ws.add("a.csv", orders_csv(5)))
+    second = hash_file(ws.add("b.csv", orders_csv(5, start=100)))
+    proc = ws.popen_run(env={"FILEDGE_TEST_PAUSE_AT": "after_audit_commit:2"})
+    test_crash.wait_for(lambda: ws.audit().counts()["COMMITTED"] == 1)
+    with psycopg.connect(libpq_url(pg_database), autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'filedge' AND datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert killed
+    out, err = proc.communicate(timeout=60)
+    assert out == "Committed: 2 Failed: 0 Skipped: 0 New: 2 Reclaimed: 0 Retried: 0\n", err
+    assert ws.rows_per_hash() == {first: 5, second: 5}
+    assert {row.attempts for row in ws.audit().rows()} == {1}
+
+
 def test_decimal_into_numeric(ws: Workspace) -> None:
     from decimal import Decimal
 

@@ -106,3 +106,19 @@ def test_relative_sqlite_url_resolves_against_config_dir(tmp_path: Path) -> None
     path = tmp_path / "sub" / "p.yaml"
     path.write_text(yaml.safe_dump(BASE))
     assert load_pipeline(path).connector.url == f"sqlite:///{tmp_path / 'sub' / 'orders.db'}"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql://u:s3cret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=s3cret&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+        ("host=h password=s3cret user=u", "host=h password=*** user=u"),
+        ("host=h password = 'a s3cret' user=u", "host=h password = *** user=u"),
+        ("FATAL: password authentication failed for user u", "FATAL: password authentication failed for user u"),
+    ],
+)
+def test_mask_hides_passwords_in_every_form_libpq_reads(text: str, masked: str) -> None:
+    from filedge_core.dburl import mask
+
+    assert mask(text) == masked

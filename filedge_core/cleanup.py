@@ -30,13 +30,10 @@ import time
 
 from .config import PipelineConfig
 from .errors import ConfigError
-from .scan import HASH_CHUNK, hash_file
+from .scan import HASH_CHUNK, SETTLE_NS, hash_file
 
 Fingerprint = tuple[int, int, int, int]
 
-# Within this window of a file's last change, a rewrite may not move mtime/ctime (as for the
-# scan's stat cache, runner.STAT_CACHE_SETTLE_NS).
-_SETTLE_NS = 2_000_000_000
 _PRIVATE = ".filedge-cleanup-"
 _ABANDONED_AFTER_S = 60
 _serial = itertools.count()
@@ -102,7 +99,7 @@ def _holds(private: str, fingerprint: Fingerprint, taken_ns: int, file_hash: str
     st = os.lstat(private)
     if (st.st_size, st.st_mtime_ns, st.st_ino) != (fingerprint[0], fingerprint[1], fingerprint[3]):
         return False
-    if max(fingerprint[1], fingerprint[2]) >= taken_ns - _SETTLE_NS:
+    if max(fingerprint[1], fingerprint[2]) >= taken_ns - SETTLE_NS:
         return hash_file(private) == file_hash
     return True
 

@@ -138,7 +138,7 @@ def file_report(
 def _recorded(attempts: list[Attempt]) -> Destination | None:
     """The destination the latest attempt recorded (a committed one is the last attempt)."""
     known = [a for a in attempts if a.dest_table]
-    if not known or known[-1].dest_table is None:
+    if not known:
         return None
     return Destination(known[-1].dest_table, known[-1].dest_url or "-")
 

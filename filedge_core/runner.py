@@ -18,7 +18,7 @@ from .audit import AuditStore, Claim, ErrorKind, FileState, snapshot_order
 from .config import PipelineConfig
 from .errors import DatabaseUnavailable, FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
-from .scan import Candidate, hash_file, list_candidates
+from .scan import SETTLE_NS, Candidate, hash_file, list_candidates
 from .shutdown import SHUTDOWN, Interrupted
 
 if TYPE_CHECKING:
@@ -27,9 +27,8 @@ if TYPE_CHECKING:
 # Reading and writing import polars and the database drivers: only when a file needs work, so
 # that a run over files that are all committed starts fast.
 
-# A file changed within this window could change again without its mtime or ctime moving
-# (coarse file-system clocks): it is hashed on every scan until it has settled.
-STAT_CACHE_SETTLE_NS = 2_000_000_000
+# A file changed within this window is hashed on every scan until it has settled (scan.SETTLE_NS).
+STAT_CACHE_SETTLE_NS = SETTLE_NS
 
 # Where each error class sends the file's audit row: the one place this is decided.
 _FAIL_KIND = {FileOutcome.TERMINAL: ErrorKind.DATA, FileOutcome.RETRY: ErrorKind.TRANSIENT}

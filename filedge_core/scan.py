@@ -14,6 +14,9 @@ from typing import NamedTuple
 from .errors import ConfigError
 
 HASH_CHUNK = 1 << 20
+# A file changed within this window could change again without its mtime or ctime moving
+# (coarse file-system clocks): its stat fingerprint alone does not vouch for its bytes.
+SETTLE_NS = 2_000_000_000
 _TEMP_SUFFIXES = (".tmp", ".part")
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,4 +176,21 @@ def filedge(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     return subprocess.run([FILEDGE, *args], cwd=cwd, env={**os.environ, **(env or {})}, text=True,
                           capture_output=True, timeout=timeout)
 
+
+@contextmanager
+def watching(ws: Workspace, *extra: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`filedge run --watch …` as a process; killed if the test ends before stopping it."""
+    proc = ws.popen_run("--watch", *extra, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop(proc: subprocess.Popen[str], signum: int = signal.SIGTERM, timeout: float = 30) -> tuple[str, str]:
+    """Signal a process and collect its output."""
+    proc.send_signal(signum)
+    return proc.communicate(timeout=timeout)
 

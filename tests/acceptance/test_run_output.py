@@ -15,7 +15,7 @@ import pytest
 
 from filedge_core.scan import hash_file
 from tests.acceptance.test_crash import wait_for
-from tests.support import Workspace, orders_csv
+from tests.support import Workspace, orders_csv, stop, watching
 
 
 @pytest.fixture
@@ -91,18 +91,13 @@ def test_progress_in_a_pipe_is_plain_lines(ws: Workspace) -> None:
 
 def test_watch_loads_new_files_until_sigterm_then_exits_0(ws: Workspace) -> None:
     first = hash_file(ws.add("a.csv", orders_csv(2)))
-    proc = ws.popen_run("--watch", "--interval", "0.2")
-    try:
+    with watching(ws, "--interval", "0.2") as proc:
         wait_for(lambda: ws.audit().counts()["COMMITTED"] == 1)
         time.sleep(1.0)  # idle scans print nothing
         second = hash_file(ws.add("b.csv", orders_csv(3, start=10)))
         wait_for(lambda: ws.audit().counts()["COMMITTED"] == 2)
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, err = stop(proc)
     assert proc.returncode == 0, err
     assert time.monotonic() - started < 5
     assert ws.rows_per_hash() == {first: 2, second: 3}
@@ -115,17 +110,12 @@ def test_watch_loads_new_files_until_sigterm_then_exits_0(ws: Workspace) -> None
 
 def test_watch_announces_a_failed_file_once_and_finishes_its_file_on_stop(ws: Workspace) -> None:
     ws.add("bad.csv", "order_id,amount\n1,x\n")
-    proc = ws.popen_run("--watch", "--interval", "0.1", env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:1.5"})
-    try:
+    with watching(ws, "--interval", "0.1", env={"FILEDGE_TEST_PAUSE_AT": "mid_insert:1.5"}) as proc:
         wait_for(lambda: ws.audit().counts()["FAILED"] == 1)
         time.sleep(1.0)  # several scans meet the FAILED file
         slow = hash_file(ws.add("slow.csv", orders_csv(5)))
         wait_for(lambda: ws.audit().counts()["PROCESSING"] == 1)
-        proc.send_signal(signal.SIGINT)  # within --grace (30 s): the file finishes
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, err = stop(proc, signal.SIGINT)  # within --grace (30 s): the file finishes
     assert proc.returncode == 0, err
     assert ws.rows_per_hash() == {slow: 5}
     assert err.count("needs `filedge requeue") == 1, err
@@ -137,18 +127,13 @@ def test_watch_waits_for_an_audit_database_that_is_not_there_yet(tmp_path: Path)
     """A service started before its audit database can be reached keeps trying."""
     ws = Workspace(tmp_path, audit_url=f"sqlite:///{tmp_path / 'later' / 'filedge.db'}")
     file_hash = hash_file(ws.add("a.csv", orders_csv(2)))
-    proc = ws.popen_run("--watch", "--interval", "0.2")
-    try:
+    with watching(ws, "--interval", "0.2") as proc:
         time.sleep(1.5)
         assert proc.poll() is None, proc.communicate()
         (tmp_path / "later").mkdir()
         wait_for(lambda: ws.dest_path.exists() and bool(ws.query(
             "SELECT name FROM sqlite_master WHERE name = 'orders'")) and ws.rows_per_hash().get(file_hash) == 2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "does not exist; trying again at the next scan" in err
     assert err.count("trying again") >= 2 and "Traceback" not in err
@@ -160,13 +145,8 @@ def test_watch_stopped_during_a_long_scan_exits_0(ws: Workspace) -> None:
     stop for a service."""
     with open(ws.incoming / "big.csv", "wb") as handle:
         handle.truncate(8 << 30)  # sparse: hashing it takes seconds, storing it nothing
-    proc = ws.popen_run("--watch", "--grace", "0.2")
-    try:
+    with watching(ws, "--grace", "0.2") as proc:
         time.sleep(1.5)  # imports done, the scan is hashing
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        _, err = stop(proc)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "error" not in err

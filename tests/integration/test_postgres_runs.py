@@ -3,7 +3,6 @@ and many concurrent workers."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from filedge_core.scan import hash_file
 from tests.acceptance import test_cli, test_crash
 from tests.proxy import Proxy
-from tests.support import Workspace, orders_csv
+from tests.support import Workspace, orders_csv, stop, watching
 
 pytestmark = pytest.mark.postgres
 
@@ -285,19 +284,14 @@ def test_watch_rides_out_the_audit_database_going_away(tmp_path: Path, pg_databa
         audit_url = urlunsplit(address._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
         ws = Workspace(tmp_path, audit_url=audit_url, dest_url=pg_database)
         first = hash_file(ws.add("a.csv", orders_csv(2)))
-        proc = ws.popen_run("--watch", "--interval", "0.2")
-        try:
+        with watching(ws, "--interval", "0.2") as proc:
             test_crash.wait_for(lambda: ws.audit().counts()["COMMITTED"] == 1)
             proxy.refuse()
             time.sleep(4)
             second = hash_file(ws.add("b.csv", orders_csv(3, start=10)))
             proxy.accept()
             test_crash.wait_for(lambda: ws.audit().counts()["COMMITTED"] == 2)
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+            out, err = stop(proc)
         assert proc.returncode == 0, err
         assert "trying again at the next scan" in err and "Traceback" not in err
         assert out.splitlines()[-1] == "Committed: 1 Failed: 0 Skipped: 1 New: 1 Reclaimed: 0 Retried: 0"

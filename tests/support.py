@@ -194,3 +194,17 @@ def stop(proc: subprocess.Popen[str], signum: int = signal.SIGTERM, timeout: flo
     proc.send_signal(signum)
     return proc.communicate(timeout=timeout)
 
+
+def configure_write_mode(ws: Workspace, mode: str) -> PipelineConfig:
+    """The write-mode tests' pipeline: int order ids (the upsert key), exact decimal amounts,
+    bad rows quarantined."""
+    return ws.configure(
+        write_mode=mode,
+        on_error="quarantine",
+        columns=[
+            {"source": "order_id", "type": "int", "required": True},
+            {"source": "amount", "type": "decimal", "precision": 10, "scale": 2, "required": True},
+        ],
+        **({"key": ["order_id"]} if mode == "upsert" else {}),
+    )
+

@@ -11,7 +11,7 @@ import pytest
 
 from filedge_core.faults import CRASH_EXIT_CODE, STEPS
 from filedge_core.scan import hash_file
-from tests.support import Workspace
+from tests.support import Workspace, configure_write_mode
 
 # Three files, first seen in the same scan, so their order is by name. Each has one bad row
 # (quarantined). b.csv repeats key 5 (the last one wins in upsert), and the files overlap on
@@ -57,16 +57,7 @@ def backend(request: pytest.FixtureRequest) -> str | None:
 
 def workspace(tmp_path: Path, backend: str | None, mode: str) -> Workspace:
     ws = Workspace(tmp_path, audit_url=backend, dest_url=backend)
-    extra = {"key": ["order_id"]} if mode == "upsert" else {}
-    ws.configure(
-        write_mode=mode,
-        on_error="quarantine",
-        columns=[
-            {"source": "order_id", "type": "int", "required": True},
-            {"source": "amount", "type": "decimal", "precision": 10, "scale": 2, "required": True},
-        ],
-        **extra,
-    )
+    configure_write_mode(ws, mode)
     for name, rows in FILES.items():
         ws.add(name, "order_id,amount\n" + "".join(f"{k},{a}\n" for k, a in rows))
     return ws

@@ -35,7 +35,7 @@ from filedge_core.verify import (
     open_audit,
     verify_pipeline,
 )
-from tests.support import Workspace
+from tests.support import Workspace, configure_write_mode
 
 MODES = ["append", "upsert", "replace"]
 # Three files seen in one scan (ordered by name), each with one bad row (quarantined); in upsert
@@ -53,15 +53,7 @@ def workspace(root: Path, mode: str, urls: str | None = None) -> Workspace:
     """A workspace for a write mode with the three files in incoming/: SQLite files, or the
     audit table and the destination both at ``urls``."""
     ws = Workspace(root, audit_url=urls, dest_url=urls)
-    ws.configure(
-        write_mode=mode,
-        on_error="quarantine",
-        columns=[
-            {"source": "order_id", "type": "int", "required": True},
-            {"source": "amount", "type": "decimal", "precision": 10, "scale": 2, "required": True},
-        ],
-        **({"key": ["order_id"]} if mode == "upsert" else {}),
-    )
+    configure_write_mode(ws, mode)
     for name, text in FILES.items():
         ws.add(name, text)
     return ws

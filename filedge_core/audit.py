@@ -373,9 +373,16 @@ class AuditStore:
     def _create_all(self) -> None:
         with self.engine.begin() as conn:
             if self.backend != "sqlite":
+                # Nothing to create: take no lock. A process stopped while it held the lock
+                # below (SIGSTOP, a hung client) must not block every later command (found
+                # by the fault harness: a SIGSTOPped worker froze the whole campaign).
+                if set(metadata.tables) <= set(sa.inspect(conn).get_table_names()):
+                    return
                 # Workers starting together on an empty database would race in CREATE TABLE
                 # (a unique violation in the catalog): one creator at a time, the others then
-                # find the tables (READ COMMITTED: each check is a new snapshot).
+                # find the tables (READ COMMITTED: each check is a new snapshot). A wait is
+                # bounded: a holder that never finishes is an error, not a hang.
+                conn.execute(sa.text("SET LOCAL lock_timeout = '60s'"))
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK_KEY})
             metadata.create_all(conn, checkfirst=True)
 

@@ -54,3 +54,22 @@ def test_workers_creating_the_schema_at_once(pg_database: str) -> None:
     for proc in procs:
         proc.join(timeout=60)
     assert [out.get(timeout=5) for _ in procs] == ["ok"] * 6
+
+
+def test_a_stuck_schema_creator_blocks_no_command_once_the_tables_exist(pg_database: str) -> None:
+    """A process stopped while holding the schema lock (SIGSTOP, a hung client) must not freeze
+    every later command: with the tables there, none of them waits for the lock."""
+    import time
+
+    import psycopg
+
+    from filedge_core.audit import _DDL_LOCK_KEY
+    from tests.support import filedge, libpq_url
+
+    AuditStore(pg_database).ensure_schema()  # the tables exist
+    with psycopg.connect(libpq_url(pg_database)) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK_KEY,))  # and stays in its transaction
+        started = time.monotonic()
+        result = filedge("status", "--audit-db-url", pg_database, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 10

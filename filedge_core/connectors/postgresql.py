@@ -337,7 +337,9 @@ class PostgresConnector:
         conn = self._connection()
         with self._errors(), conn.transaction():
             # CREATE ... IF NOT EXISTS still races with a concurrent creator (unique violation
-            # in the catalog): one DDL transaction at a time per database.
+            # in the catalog): one DDL transaction at a time per database. The wait is bounded:
+            # a holder stopped mid-prepare (SIGSTOP, a hung client) is an error, not a hang.
+            conn.execute("SET LOCAL lock_timeout = '60s'")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
             exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone()
             if not exists:

@@ -26,14 +26,20 @@ def section(command: str) -> str:
     same or a higher level ("" if there is none)."""
     for path in sorted(DOCS.glob("*.md")):
         lines = path.read_text().splitlines()
+        # A "# comment" inside a fenced code block is not a heading.
+        fenced, in_code = False, []
+        for line in lines:
+            if line.startswith("```"):
+                fenced = not fenced
+            in_code.append(fenced)
         for i, line in enumerate(lines):
-            heading = re.match(r"^(#+) ", line)
+            heading = None if in_code[i] else re.match(r"^(#+) ", line)
             # A heading about the command: nothing but `filedge <command> [args]` after the #s.
             if heading and re.fullmatch(rf"`filedge {command}( [^`]*)?`\s*", line[heading.end():]):
                 level = len(heading.group(1))
                 end = next(
                     (j for j in range(i + 1, len(lines))
-                     if (m := re.match(r"^(#+) ", lines[j])) and len(m.group(1)) <= level),
+                     if not in_code[j] and (m := re.match(r"^(#+) ", lines[j])) and len(m.group(1)) <= level),
                     len(lines),
                 )
                 return "\n".join(lines[i:end])

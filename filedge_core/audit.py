@@ -315,6 +315,33 @@ class AuditStore:
             _t.claimed_at <= sa.func.statement_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds),
         )
 
+    @property
+    def _marker(self) -> str:
+        """The driver's parameter placeholder, for ``_raw_rows``."""
+        return "?" if self.backend == "sqlite" else "%s"
+
+    def _raw_rows(self, query: str, params: Sequence[Any]) -> list[Any]:
+        """The rows of one query run through the driver directly: on 100,000 rows,
+        SQLAlchemy's row objects cost four times the query."""
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        with self._errors():
+            try:
+                # The pool hands out raw connections without wrapping the driver's errors.
+                raw = self.engine.raw_connection()
+            except dbapi_error as exc:
+                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
+            try:
+                cursor = raw.cursor()
+                cursor.execute(query, tuple(params))
+                rows = cursor.fetchall()
+                cursor.close()
+                raw.commit()
+            except dbapi_error as exc:
+                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
+            finally:
+                raw.close()
+        return rows
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -419,30 +446,12 @@ class AuditStore:
         """The stat cache of a pipeline: path -> ((size, mtime_ns, ctime_ns, inode), hash).
 
         Entries are written only after their hash is registered (``runner.plan_run``), so a
-        cached file needs no registration. Read through the driver directly: on 100,000
-        files, SQLAlchemy's row objects cost four times the query."""
-        marker = "?" if self.backend == "sqlite" else "%s"
+        cached file needs no registration. Read through the driver directly (``_raw_rows``)."""
         query = (
             "SELECT path, size, mtime_ns, ctime_ns, inode, file_hash FROM etl_file_stat_cache "
-            f"WHERE pipeline = {marker}"
+            f"WHERE pipeline = {self._marker}"
         )
-        dbapi_error = self.engine.dialect.loaded_dbapi.Error
-        with self._errors():
-            try:
-                # The pool hands out raw connections without wrapping the driver's errors.
-                raw = self.engine.raw_connection()
-            except dbapi_error as exc:
-                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
-            try:
-                cursor = raw.cursor()
-                cursor.execute(query, (pipeline,))
-                rows = cursor.fetchall()
-                cursor.close()
-                raw.commit()
-            except dbapi_error as exc:
-                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
-            finally:
-                raw.close()
+        rows = self._raw_rows(query, (pipeline,))
         return {row[0]: ((row[1], row[2], row[3], row[4]), row[5]) for row in rows}
 
     def remember_hashes(self, pipeline: str, entries: Sequence[tuple[str, tuple[int, int, int, int], str]]) -> None:
@@ -928,26 +937,13 @@ class AuditStore:
     def verify_rows(self, pipeline: str, committed_since: Any) -> list[VerifyRow]:
         """Every audit row of a pipeline, as ``filedge verify`` reads them: ``recent`` when
         committed at or after ``committed_since`` (a ``clock()`` value). Read through the driver
-        directly, like ``cached_hashes``."""
-        marker = "?" if self.backend == "sqlite" else "%s"
+        directly (``_raw_rows``)."""
         query = (
             "SELECT file_hash, state, path, attempts, claim_token, error_kind, rows_written, rows_rejected, "
-            f"created_at, committed_at IS NOT NULL AND committed_at >= {marker} "
-            f"FROM {TABLE_NAME} WHERE pipeline = {marker}"
+            f"created_at, committed_at IS NOT NULL AND committed_at >= {self._marker} "
+            f"FROM {TABLE_NAME} WHERE pipeline = {self._marker}"
         )
-        with self._errors():
-            raw = self.engine.raw_connection()
-            try:
-                cursor = raw.cursor()
-                cursor.execute(query, (committed_since, pipeline))
-                rows = cursor.fetchall()
-                cursor.close()
-                raw.commit()
-            except self.engine.dialect.loaded_dbapi.Error as exc:
-                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(str(exc).strip())}") from None
-            finally:
-                raw.close()
-        return [VerifyRow(*row[:9], bool(row[9])) for row in rows]
+        return [VerifyRow(*row[:9], bool(row[9])) for row in self._raw_rows(query, (committed_since, pipeline))]
 
     def repair(
         self, pipeline: str, file_hash: str, state: str, token: int, token_at_least: int, requeue_reason: str | None

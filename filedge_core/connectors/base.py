@@ -17,6 +17,9 @@ LEDGER_TABLE = "_filedge_loads"
 ORDER_COLUMN = "_filedge_file_order"
 # The quarantine table's columns after the file hash (``<dest_table>_rejected``).
 REJECT_COLUMNS = ("row_number", "line_number", "column_name", "raw_value", "reason")
+# What counts as one rejected row in the rejects table: a row with two bad values has two
+# records there and counts once, as in the audit's rows_rejected.
+REJECTED_ROWS = "DISTINCT row_number"
 
 
 def shared_table_error(dest_table: str, other_pipeline: str) -> ConfigError:

@@ -39,6 +39,7 @@ from .base import (
     LEDGER_TABLE,
     ORDER_COLUMN,
     REJECT_COLUMNS,
+    REJECTED_ROWS,
     FileWrite,
     Inventory,
     LedgerEntry,
@@ -425,7 +426,7 @@ class PostgresConnector:
 
     def _ensure_rejected_table(self) -> None:
         assert self._conn is not None
-        name = self.config.rejected_table.rpartition(".")[2]
+        name = self._rejected_name
         existing = self._columns(name)
         table = sql.Identifier(self.schema, name)
         if existing is None:
@@ -640,8 +641,13 @@ class PostgresConnector:
         return WriteResult(rows)
 
     @property
+    def _rejected_name(self) -> str:
+        """The rejects table's name in ``self.schema``."""
+        return self.config.rejected_table.rpartition(".")[2]
+
+    @property
     def _rejected(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.config.rejected_table.rpartition(".")[2])
+        return sql.Identifier(self.schema, self._rejected_name)
 
     def _delete_other_writes(self, cur: psycopg.Cursor, request: FileWrite, rewrite: bool) -> None:
         """Every other writer's rows of this file (two ranges, so the index skips ours)."""
@@ -831,47 +837,37 @@ class PostgresConnector:
                     (self.config.name, self.config.dest_table),
                 )
                 ledger = {h: LedgerEntry(t, n, o) for h, t, n, o in found}
-            rows = self._rows_per_hash(self.name, "*")
-            rejects = self._rows_per_hash(self.config.rejected_table.rpartition(".")[2], "DISTINCT row_number")
+            rows = self._rows_per_hash(self.name, "*") or {}
+            rejects = self._rows_per_hash(self._rejected_name, REJECTED_ROWS) or {}
         return Inventory(ledger, rows, rejects)
 
-    def _rows_per_hash(self, name: str, counted: str) -> dict[str, int]:
-        """``count(<counted>)`` per file hash of ``schema.name``, in one ``GROUP BY`` ({} if there is no table)."""
+    def _rows_per_hash(self, name: str, counted: str, file_hash: str | None = None) -> dict[str, int] | None:
+        """``count(<counted>)`` per file hash of ``schema.name`` (only ``file_hash``'s, if given),
+        in one ``GROUP BY``; None if there is no such table."""
         assert self._conn is not None
         columns = self._columns(name)
         if columns is None:
-            return {}
+            return None
         if HASH_COLUMN not in columns:
             raise ConfigError(
                 f"dest_table: table {self.schema}.{name} has no {HASH_COLUMN} column (it was not created by filedge)"
             )
         hashed = sql.Identifier(HASH_COLUMN)
+        where, params = (sql.SQL(" WHERE {} = %s").format(hashed), (file_hash,)) if file_hash is not None else (sql.SQL(""), ())
         found = self._conn.execute(
-            sql.SQL("SELECT {}, count({}) FROM {} GROUP BY {}").format(
-                hashed, sql.SQL(counted), sql.Identifier(self.schema, name), hashed
-            )
+            sql.SQL("SELECT {}, count({}) FROM {}{} GROUP BY {}").format(
+                hashed, sql.SQL(counted), sql.Identifier(self.schema, name), where, hashed
+            ),
+            params,
         )
         return {h: int(n) for h, n in found}
+
     def stored_rows(self, file_hash: str) -> StoredRows:
         self._connection()
         with self._errors():
-            return StoredRows(
-                self._count(self.name, file_hash), self._count(self.config.rejected_table.rpartition(".")[2], file_hash)
-            )
-
-    def _count(self, name: str, file_hash: str) -> int | None:
-        """Rows of ``schema.name`` tagged with ``file_hash``; None if there is no such table."""
-        assert self._conn is not None
-        columns = self._columns(name)
-        if columns is None or HASH_COLUMN not in columns:
-            return None
-        found = self._conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-                sql.Identifier(self.schema, name), sql.Identifier(HASH_COLUMN)
-            ),
-            (file_hash,),
-        ).fetchone()
-        return int(found[0]) if found else 0
+            rows = self._rows_per_hash(self.name, "*", file_hash)
+            rejects = self._rows_per_hash(self._rejected_name, REJECTED_ROWS, file_hash)
+        return StoredRows(*(None if found is None else found.get(file_hash, 0) for found in (rows, rejects)))
 
     def close(self) -> None:
         self._drop_connection()

@@ -20,6 +20,7 @@ from .base import (
     LEDGER_TABLE,
     ORDER_COLUMN,
     REJECT_COLUMNS,
+    REJECTED_ROWS,
     FileWrite,
     Inventory,
     LedgerEntry,
@@ -374,22 +375,27 @@ class SqliteConnector:
                         (self.config.name, self.config.dest_table),
                     )
                     ledger = {h: LedgerEntry(t, n, o) for h, t, n, o in found}
-                rows = self._rows_per_hash(conn, self.config.dest_table, "*")
-                rejects = self._rows_per_hash(conn, self.config.rejected_table, "DISTINCT row_number")
+                rows = self._rows_per_hash(conn, self.config.dest_table, "*") or {}
+                rejects = self._rows_per_hash(conn, self.config.rejected_table, REJECTED_ROWS) or {}
             finally:
                 conn.execute("COMMIT")
         return Inventory(ledger, rows, rejects)
 
-    def _rows_per_hash(self, conn: sqlite3.Connection, table: str, counted: str) -> dict[str, int]:
-        """``count(<counted>)`` per file hash of ``table``, in one ``GROUP BY`` ({} if there is no table)."""
+    def _rows_per_hash(
+        self, conn: sqlite3.Connection, table: str, counted: str, file_hash: str | None = None
+    ) -> dict[str, int] | None:
+        """``count(<counted>)`` per file hash of ``table`` (only ``file_hash``'s, if given), in
+        one ``GROUP BY``; None if there is no such table."""
         existing = self._existing_columns(conn, table)
         if existing is None:
-            return {}
+            return None
         if HASH_COLUMN.lower() not in existing:
             raise ConfigError(f"dest_table: table {table!r} has no {HASH_COLUMN} column (it was not created by filedge)")
         hashed = quote(HASH_COLUMN)
-        found = conn.execute(f"SELECT {hashed}, count({counted}) FROM {quote(table)} GROUP BY {hashed}")
+        where, params = (f" WHERE {hashed} = ?", (file_hash,)) if file_hash is not None else ("", ())
+        found = conn.execute(f"SELECT {hashed}, count({counted}) FROM {quote(table)}{where} GROUP BY {hashed}", params)
         return {h: int(n) for h, n in found}
+
     def stored_rows(self, file_hash: str) -> StoredRows:
         if self.path == ":memory:" or not Path(self.path).is_file():
             return StoredRows(None, None)
@@ -398,20 +404,11 @@ class SqliteConnector:
         with self._errors():
             conn = sqlite3.connect(uri, uri=True, timeout=30)
             try:
-                return StoredRows(
-                    self._count(conn, self.config.dest_table, file_hash),
-                    self._count(conn, self.config.rejected_table, file_hash),
-                )
+                rows = self._rows_per_hash(conn, self.config.dest_table, "*", file_hash)
+                rejects = self._rows_per_hash(conn, self.config.rejected_table, REJECTED_ROWS, file_hash)
             finally:
                 conn.close()
-
-    def _count(self, conn: sqlite3.Connection, table: str, file_hash: str) -> int | None:
-        """Rows of ``table`` tagged with ``file_hash``; None if there is no such table."""
-        columns = self._existing_columns(conn, table)
-        if columns is None or HASH_COLUMN.lower() not in columns:
-            return None
-        found = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE {quote(HASH_COLUMN)} = ?", (file_hash,))
-        return int(found.fetchone()[0])
+        return StoredRows(*(None if found is None else found.get(file_hash, 0) for found in (rows, rejects)))
 
     def close(self) -> None:
         if self._conn is not None:

@@ -291,6 +291,19 @@ def test_show_counts_quarantined_rows_too(ws: Workspace) -> None:
     assert lines[-1].split("  ")[6:8] == ["rows=2", "rejected=1"]
 
 
+def test_show_counts_a_row_with_two_bad_values_once_as_the_audit_does(ws: Workspace) -> None:
+    ws.configure(on_error="quarantine", columns=[
+        {"source": "order_id", "type": "int", "required": True},
+        {"source": "amount", "type": "float", "required": True},
+    ])
+    ws.add("some.csv", "order_id,amount\nx,y\n2,2.5\n")
+    assert ws.run().returncode == 0
+    assert ws.query("SELECT count(*) FROM orders_rejected") == [(2,)], "one record per bad value"
+    shown = filedge("show", ws.audit().rows()[0].file_hash[:9], "--config", str(ws.config_path), "--audit-db-url", ws.audit_url)
+    lines = shown.stdout.splitlines()
+    assert "rows there:   1 (and 1 in orders_rejected)" in lines and "rejected:     1" in lines
+
+
 def test_prune_deletes_history_never_the_audit_row(ws: Workspace) -> None:
     ws.add("good.csv", orders_csv(2))
     ws.add("bad.csv", "order_id,amount\n1,x\n")

@@ -27,6 +27,9 @@ test_file_that_kills_its_worker_ends_failed = test_crash.test_file_that_kills_it
 # `filedge show` and `filedge prune` with the audit table and the destination on PostgreSQL.
 test_show_a_file_its_attempts_and_where_its_rows_are = test_cli.test_show_a_file_its_attempts_and_where_its_rows_are
 test_show_counts_quarantined_rows_too = test_cli.test_show_counts_quarantined_rows_too
+test_show_counts_a_row_with_two_bad_values_once_as_the_audit_does = (
+    test_cli.test_show_counts_a_row_with_two_bad_values_once_as_the_audit_does
+)
 test_show_errors_are_one_line = test_cli.test_show_errors_are_one_line
 test_prune_deletes_history_never_the_audit_row = test_cli.test_prune_deletes_history_never_the_audit_row
 

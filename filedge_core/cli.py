@@ -240,7 +240,7 @@ def _run_once(
     except DatabaseUnavailable as exc:
         if not watch:
             raise
-        progress.close()
+        progress.close()  # before the warning: the live line must not be left half drawn
         from .dburl import mask
 
         click.echo(one_line(f"filedge: warning: {mask(exc.message)}; trying again at the next scan"), err=True)

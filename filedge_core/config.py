@@ -160,6 +160,11 @@ class AfterCommit(_Model):
     action: str = "keep"
     directory: str | None = None
 
+    @property
+    def cleans_up(self) -> bool:
+        """Whether committed files are deleted or moved (anything but ``keep``)."""
+        return self.action != "keep"
+
     @model_validator(mode="after")
     def _consistent(self) -> "AfterCommit":
         if self.action not in ("keep", "delete", "move"):

@@ -135,6 +135,11 @@ class RunSummary:
             ],
         }
 
+    def leave(self, count: int, why: str = "stopping:") -> None:
+        """Count ``count`` files this run will not load (the next run does), saying why."""
+        self.skipped += count
+        self.warnings.append(f"{why} {count} file(s) left for the next run")
+
     def add(self, result: FileResult) -> None:
         """Count one claimed file's outcome."""
         self.results.append(result)
@@ -299,7 +304,7 @@ def _clean_up_after_load(
 ) -> FileResult:
     """``after_commit`` for a file this worker just committed. A stop that lands here skips the
     cleanup (the next scan does it): the file stays committed either way."""
-    if fingerprint is None or config.after_commit.action == "keep":
+    if fingerprint is None or not config.after_commit.cleans_up:
         return loaded
     try:
         moved_to, trouble = after_commit(config, audit, loaded.file_hash, loaded.path, fingerprint, opened_ns)
@@ -430,7 +435,7 @@ def plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: A
 def _plan_run(config: PipelineConfig, directory: str | os.PathLike[str], audit: AuditStore) -> RunPlan:
     summary = RunSummary()
     audit.ensure_schema()
-    cleaning = config.after_commit.action != "keep"
+    cleaning = config.after_commit.cleans_up
     if cleaning:
         from .cleanup import check_target, recover_private
 
@@ -530,9 +535,7 @@ def work(
         claim_file = claimer(audit, config, worker)
         for index, item in enumerate(items):
             if SHUTDOWN.requested:  # stop claiming; what is left waits for the next run
-                left = len(items) - index
-                summary.skipped += left
-                summary.warnings.append(f"stopping: {left} file(s) left for the next run")
+                summary.leave(len(items) - index)
                 break
             claim = claim_file(item.file_hash)
             if claim is None:  # another worker got there first
@@ -547,9 +550,7 @@ def work(
             if on_result:
                 on_result(result)
             if result.outcome == "given_back":  # every other file would meet the same wall
-                left = len(items) - index - 1
-                summary.skipped += left
-                summary.warnings.append(f"the destination is unreachable: stopping; {left} file(s) left for the next run")
+                summary.leave(len(items) - index - 1, "the destination is unreachable: stopping;")
                 break
     finally:
         connector.close()

@@ -162,7 +162,7 @@ def verify_pipeline(
     if directory is not None and not os.path.isdir(directory):  # before anything is read
         problem = "not a directory" if os.path.exists(directory) else "no such directory"
         raise ConfigError(f"--dir {os.path.abspath(directory)}: {problem}")
-    if fix and directory is None and config.after_commit.action != "keep":
+    if fix and directory is None and config.after_commit.cleans_up:
         # A committed file's recorded path is its archive (or nothing): a requeue would name
         # bytes no run scans, and verify would then call the damage a pending rewrite.
         raise UsageError(

@@ -86,8 +86,7 @@ def run_parallel(
     if not items:
         return summary
     if SHUTDOWN.requested:  # stopped while scanning: start no worker
-        summary.skipped += len(items)
-        summary.warnings.append(f"stopping: {len(items)} file(s) left for the next run")
+        summary.leave(len(items))
         return summary
     connector = open_connector(config)
     try:

@@ -181,12 +181,17 @@ class AuditRow:
     updated_at: datetime | None
 
     def claimable(self, retry_cap: int) -> bool:
-        """Whether ``AuditStore.claim`` would take this file (mirrors its WHERE clause)."""
-        if self.attempts >= retry_cap:
-            return False
-        return self.state == FileState.PENDING.value or (
-            self.state == FileState.FAILED.value and self.error_kind == ErrorKind.TRANSIENT.value
-        )
+        """Whether ``AuditStore.claim`` would take this file."""
+        return claimable(self.state, self.error_kind, self.attempts, retry_cap)
+
+
+def claimable(state: str, error_kind: str | None, attempts: int, retry_cap: int) -> bool:
+    """Whether ``AuditStore.claim`` would take a file in this state (mirrors its WHERE clause)."""
+    if attempts >= retry_cap:
+        return False
+    return state == FileState.PENDING.value or (
+        state == FileState.FAILED.value and error_kind == ErrorKind.TRANSIENT.value
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditStore, FileState, VerifyRow, snapshot_order
+from .audit import AuditStore, FileState, VerifyRow, claimable, snapshot_order
 from .errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -184,11 +184,8 @@ def verify_pipeline(
 
 
 def _claimable(row: VerifyRow, retry_cap: int) -> bool:
-    """Whether the next run claims the file (``AuditRow.claimable``)."""
-    return row.attempts < retry_cap and (
-        row.state == FileState.PENDING.value
-        or (row.state == FileState.FAILED.value and row.error_kind == "transient")
-    )
+    """Whether the next run claims the file."""
+    return claimable(row.state, row.error_kind, row.attempts, retry_cap)
 
 
 def file_order(row: VerifyRow) -> str:

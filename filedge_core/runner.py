@@ -276,9 +276,9 @@ def process_claim(
             if isinstance(exc, KeyboardInterrupt) and not SHUTDOWN.requested:
                 _give_back_quietly(audit, claim)
                 raise
-            # The grace period is over, or polars turned the stop's SIGINT into a
-            # KeyboardInterrupt mid-query: the file did nothing wrong.
-            reason = f"interrupted ({exc or 'SIGINT during parsing'}); the lease was given back"
+            # The grace period is over (or a KeyboardInterrupt came after a stop was asked for,
+            # which shutdown.install() keeps polars from raising): the file did nothing wrong.
+            reason = f"interrupted ({str(exc) or type(exc).__name__}); the lease was given back"
             audit.give_back(claim, reason)
             return FileResult(
                 claim.file_hash, path, "interrupted", 0, reason, claim.attempts - 1, time.monotonic() - started, True

@@ -53,6 +53,12 @@ SHUTDOWN = Shutdown()
 
 def install(grace: float = DEFAULT_GRACE_SECONDS) -> None:
     """Handle SIGTERM and SIGINT as described above (main thread only)."""
+    # polars registers its own SIGINT hook when first imported: a SIGINT that lands while any
+    # thread is inside polars makes that call raise KeyboardInterrupt, which would cut the file
+    # being loaded short instead of letting it finish within the grace period. Importing polars
+    # first lets the handlers below replace that hook (signal.signal installs a new sigaction).
+    import polars  # noqa: F401
+
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(f"the grace period of {grace:g} s is over")

@@ -117,7 +117,7 @@ def test_watch_announces_a_failed_file_once_and_finishes_its_file_on_stop(ws: Wo
         wait_for(lambda: ws.audit().counts()["PROCESSING"] == 1)
         out, err = stop(proc, signal.SIGINT)  # within --grace (30 s): the file finishes
     assert proc.returncode == 0, err
-    assert ws.rows_per_hash() == {slow: 5}
+    assert ws.rows_per_hash() == {slow: 5}, (out, err, ws.audit().counts())
     assert err.count("needs `filedge requeue") == 1, err
     assert err.count("FAILED") >= 1 and "Traceback" not in err
     assert out.splitlines()[-1] == "Committed: 1 Failed: 0 Skipped: 1 New: 1 Reclaimed: 0 Retried: 0"

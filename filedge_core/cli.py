@@ -217,6 +217,7 @@ def _run_once(
     from .progress import Progress
 
     progress = Progress.for_stream(quiet)
+    reading = None if progress.mode == "off" else progress.progress
 
     def result(r: Any) -> None:
         progress.result(r)
@@ -228,14 +229,15 @@ def _run_once(
 
             return run_parallel(
                 config, directory, audit_db_url, workers, on_result=result, grace=grace,
-                on_plan=progress.plan, on_start=progress.start,
+                on_plan=progress.plan, on_start=progress.start, on_progress=reading,
             )
         from .runner import run_pipeline
 
         if not stores:
             stores.append(_audit(audit_db_url))
         return run_pipeline(
-            config, directory, stores[0], on_result=result, on_plan=progress.plan, on_start=progress.start
+            config, directory, stores[0], on_result=result, on_plan=progress.plan, on_start=progress.start,
+            on_progress=reading,
         )
     except DatabaseUnavailable as exc:
         if not watch:

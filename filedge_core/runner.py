@@ -224,13 +224,19 @@ def file_order(claim: Claim) -> str:
 
 
 def process_claim(
-    claim: Claim, path: str, config: PipelineConfig, audit: AuditStore, connector: Connector
+    claim: Claim,
+    path: str,
+    config: PipelineConfig,
+    audit: AuditStore,
+    connector: Connector,
+    on_progress: Callable[[str, int], None] | None = None,
 ) -> FileResult:
     """Load one claimed file and settle its audit row. Never raises for the file's own problems.
 
     The file is read in batches inside the destination transaction (``FileBatches``): the
     bytes are hashed as they are parsed, and the transaction cannot commit unless they are
-    the claimed bytes."""
+    the claimed bytes. ``on_progress(file_hash, records)`` is told, before each batch is
+    written, how many records of the file have been read so far."""
     started = time.monotonic()
     loaded: FileResult | None = None
     error: FiledgeError | None = None
@@ -241,6 +247,8 @@ def process_claim(
         def still_ours() -> None:  # no need to write what the ledger would refuse
             if heartbeat.lost:
                 raise LeaseLost("lease lost while the file was read; another worker owns it now")
+            if on_progress is not None:
+                on_progress(claim.file_hash, batches.records)
 
         try:
             from .batches import FileBatches
@@ -522,10 +530,12 @@ def work(
     worker: str | None = None,
     on_result: Callable[[FileResult], None] | None = None,
     on_start: Callable[[WorkItem], None] | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
 ) -> RunSummary:
     """Claim and load each item that no other worker holds; add the outcomes to ``summary``.
 
-    ``on_start`` is told of each file claimed, ``on_result`` of each outcome."""
+    ``on_start`` is told of each file claimed, ``on_progress`` of the records read so far of
+    the file being loaded (``process_claim``), ``on_result`` of each outcome."""
     from .connectors import open_connector
 
     worker = worker or worker_id()
@@ -545,7 +555,7 @@ def work(
                 summary.retried += 1
             if on_start:
                 on_start(item)
-            result = process_claim(claim, item.path, config, audit, connector)
+            result = process_claim(claim, item.path, config, audit, connector, on_progress)
             summary.add(result)
             if on_result:
                 on_result(result)
@@ -592,13 +602,14 @@ def run_pipeline(
     on_result: Callable[[FileResult], None] | None = None,
     on_plan: Callable[[RunPlan], None] | None = None,
     on_start: Callable[[WorkItem], None] | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
 ) -> RunSummary:
     """One pass over ``directory``: every file that needs work is claimed and loaded once."""
     plan = plan_run(config, directory, audit)
     if on_plan:
         on_plan(plan)
     if plan.items:
-        work(config, plan.items, audit, plan.summary, worker, on_result, on_start)
+        work(config, plan.items, audit, plan.summary, worker, on_result, on_start, on_progress)
     return plan.summary
 
 

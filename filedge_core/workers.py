@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from .runner import FileResult, RunPlan, RunSummary, WorkItem, plan_run, work, w
 from .shutdown import DEFAULT_GRACE_SECONDS, SHUTDOWN, Interrupted, disarm, install
 
 _POLL_S = 0.2
+_PROGRESS_EVERY_S = 0.5
 
 
 def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], out: Any, grace: float) -> None:
@@ -33,10 +35,20 @@ def _worker_main(config: PipelineConfig, audit_url: str, items: list[WorkItem], 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     audit = AuditStore(audit_url)
     summary = RunSummary()
+    sent = [0.0]
+
+    def progress(file_hash: str, records: int) -> None:
+        # At most a few messages a second: a run of small files would otherwise send one per file.
+        now = time.monotonic()
+        if now - sent[0] >= _PROGRESS_EVERY_S:
+            sent[0] = now
+            out.put(("progress", file_hash, records))
+
     try:
         work(
             config, items, audit, summary, worker_id(),
             on_result=lambda r: out.put(("result", r)), on_start=lambda i: out.put(("start", i)),
+            on_progress=progress,
         )
         disarm()
         out.put(("done", summary.retried, summary.warnings))
@@ -70,6 +82,7 @@ def run_parallel(
     grace: float = DEFAULT_GRACE_SECONDS,
     on_plan: Callable[[RunPlan], None] | None = None,
     on_start: Callable[[WorkItem], None] | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
 ) -> RunSummary:
     """Like ``run_pipeline`` with ``workers`` processes; returns one merged summary.
 
@@ -137,6 +150,9 @@ def run_parallel(
         elif kind == "start":
             if on_start:
                 on_start(payload[0])
+        elif kind == "progress":
+            if on_progress:
+                on_progress(payload[0], payload[1])
         elif kind == "done":
             finished += 1
             summary.retried += payload[0]

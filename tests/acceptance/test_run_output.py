@@ -84,9 +84,26 @@ def test_progress_in_a_pipe_is_plain_lines(ws: Workspace) -> None:
         ws.add(f"f{n}.csv", orders_csv(10, start=100 * n))
     result = ws.run(env={"FILEDGE_TEST_PROGRESS_SECONDS": "0"})
     lines = result.stderr.splitlines()
-    assert [line.split(",")[0] for line in lines] == [f"filedge: progress: {k}/3 files" for k in (1, 2, 3)]
+    # every batch read (one per file here) and every file done
+    assert [line.split(",")[0] for line in lines] == [f"filedge: progress: {k}/3 files" for k in (0, 1, 1, 2, 2, 3)]
+    assert lines[0].startswith("filedge: progress: 0/3 files, 10 rows,") and lines[0].endswith("loading f0.csv")
     assert "\r" not in result.stderr and "30 rows" in lines[-1]
     assert ws.run(env={"FILEDGE_TEST_PROGRESS_SECONDS": "0"}).stderr == "", "nothing to load: nothing to say"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_progress_in_a_pipe_shows_a_long_file_while_it_loads(ws: Workspace, workers: str) -> None:
+    ws.configure(batch_bytes=2048)  # ~190 rows per batch: 6 batches
+    ws.add("big.csv", orders_csv(1000))
+    env = {"FILEDGE_TEST_PROGRESS_SECONDS": "0", "FILEDGE_TEST_PAUSE_AT": "mid_insert:0.4"}
+    result = ws.run("--workers", workers, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    during = [line for line in lines if line.startswith("filedge: progress: 0/1 files, ")]
+    rows = [int(line.split(", ")[1].split()[0].replace(",", "")) for line in during]
+    assert len(rows) >= 2 and rows == sorted(rows) and 0 < rows[0] < rows[-1] <= 1000, lines
+    assert all(line.endswith("loading big.csv") for line in during), lines
+    assert lines[-1].startswith("filedge: progress: 1/1 files, 1,000 rows,"), lines
 
 
 def test_watch_loads_new_files_until_sigterm_then_exits_0(ws: Workspace) -> None:

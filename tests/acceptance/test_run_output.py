@@ -85,8 +85,10 @@ def test_progress_in_a_pipe_is_plain_lines(ws: Workspace) -> None:
     result = ws.run(env={"FILEDGE_TEST_PROGRESS_SECONDS": "0"})
     lines = result.stderr.splitlines()
     # every batch read (one per file here) and every file done
-    assert [line.split(",")[0] for line in lines] == [f"filedge: progress: {k}/3 files" for k in (0, 1, 1, 2, 2, 3)]
-    assert lines[0].startswith("filedge: progress: 0/3 files, 10 rows,") and lines[0].endswith("loading f0.csv")
+    expected = [f"filedge: progress: {k}/3 files" for k in (0, 1, 1, 2, 2, 3)]
+    assert [line.split(",")[0] for line in lines] == expected
+    assert lines[0].startswith("filedge: progress: 0/3 files, 10 rows,")
+    assert lines[0].endswith("loading f0.csv")
     assert "\r" not in result.stderr and "30 rows" in lines[-1]
     assert ws.run(env={"FILEDGE_TEST_PROGRESS_SECONDS": "0"}).stderr == "", "nothing to load: nothing to say"
 

@@ -35,9 +35,13 @@ RETRY_CAP = 50  # the nemesis hurts often: files must not run out of attempts
 STALE_MINUTES = 0.03  # 1.8 s leases, renewed every 0.45 s
 BATCH_BYTES = 1024  # files are read in several batches, so they can change between two of them
 HEADER = "order_id,amount\n"
-PROCESS_FAULTS = ("sigkill", "sigstop", "sigterm")
+PROCESS_FAULTS = ("sigkill", "sigstop", "sigterm", "sigint")
 FILE_FAULTS = ("append", "truncate", "rewrite", "rename", "delete", "create")
 DATABASE_FAULTS = ("pg_restart", "dest_refused")
+
+# A stop (one SIGTERM or SIGINT) must let the file being loaded finish: the grace period (30 s)
+# outlasts every file here, so a file interrupted by a stop is a violation.
+GRACE_CUT_SHORT = "a stop cut its file short"
 
 # What a line on a worker's stderr shows, first match wins.
 SIGNS = [
@@ -45,7 +49,8 @@ SIGNS = [
     ("disappeared before it was read", "file gone before read: released"),
     ("claim token", "zombie's write refused (fenced)"),
     ("lease lost", "lease lost"),
-    ("given back", "SIGTERM: lease given back"),
+    ("interrupted (", GRACE_CUT_SHORT),
+    ("given back", "lease given back uncharged"),
     ("FAILED", "file attempt failed"),
     ("error:", "run ended by an error"),
 ]
@@ -214,12 +219,14 @@ class Nemesis:
     proxy: Proxy | None = None
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     stopped: list[tuple[subprocess.Popen[str], float]] = field(default_factory=list)
+    stopping: set[int] = field(default_factory=set)  # pids sent SIGTERM or SIGINT (once each)
     tokens: dict[str, int] = field(default_factory=dict)  # the highest claim token seen per hash
     last_look: float = 0.0
 
     def kinds(self) -> list[tuple[str, float]]:
-        weights = [("sigkill", 30.0), ("sigstop", 12.0), ("sigterm", 10.0), ("append", 6.0), ("truncate", 5.0),
-                   ("rewrite", 5.0), ("rename", 5.0), ("delete", 3.0), ("create", 5.0), ("nothing", 10.0)]
+        weights = [("sigkill", 30.0), ("sigstop", 12.0), ("sigterm", 6.0), ("sigint", 4.0),
+                   ("append", 6.0), ("truncate", 5.0), ("rewrite", 5.0), ("rename", 5.0), ("delete", 3.0),
+                   ("create", 5.0), ("nothing", 10.0)]
         if self.server is not None:
             weights += [("pg_restart", 1.5), ("dest_refused", 2.5)]
         return weights
@@ -292,6 +299,8 @@ class Nemesis:
                 for needle, meaning in SIGNS:
                     if needle in line:
                         self.report.seen[meaning] += 1
+                        if meaning == GRACE_CUT_SHORT:
+                            self.report.violations.append(f"{GRACE_CUT_SHORT}: {line.strip()[:300]}")
                         break
 
     def inject(self, kind: str) -> None:
@@ -299,10 +308,16 @@ class Nemesis:
         if kind in PROCESS_FAULTS:
             if victim.poll() is not None or any(victim is p for p, _ in self.stopped):
                 return
+            if kind in ("sigterm", "sigint"):
+                if victim.pid in self.stopping:  # a second stop signal rightly cuts the file short
+                    return
+                self.stopping.add(victim.pid)
             if kind == "sigstop":
                 # Stopped longer than its lease: reclaimed meanwhile, fenced when it resumes.
                 self.stopped.append((victim, time.monotonic() + self.rng.uniform(2.0, 3.0)))
-            victim.send_signal({"sigkill": signal.SIGKILL, "sigstop": signal.SIGSTOP, "sigterm": signal.SIGTERM}[kind])
+            signals = {"sigkill": signal.SIGKILL, "sigstop": signal.SIGSTOP,
+                       "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
+            victim.send_signal(signals[kind])
         elif kind == "create":
             self.corpus.create()
         elif kind in FILE_FAULTS:

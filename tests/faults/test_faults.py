@@ -1,6 +1,6 @@
 """Short fixed-seed fault campaigns (tests/faults/harness.py). Workers are SIGKILLed, SIGSTOPped
-past their leases and SIGTERMed while they load; their files are appended to, truncated,
-rewritten, renamed and deleted under them; on PostgreSQL the server is restarted (crash or fast
+past their leases and stopped by SIGTERM or SIGINT while they load; their files are appended to,
+truncated, rewritten, renamed and deleted under them; on PostgreSQL the server is restarted (crash or fast
 shutdown) and the destination refuses connections for a while. After a clean run every content
 is loaded exactly once or not at all, and the audit agrees."""
 

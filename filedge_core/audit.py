@@ -23,6 +23,7 @@ from .errors import DatabaseUnavailable, UsageError, first_line
 
 TABLE_NAME = "etl_file_audit"
 ATTEMPTS_TABLE = "etl_file_attempts"
+STAT_CACHE_TABLE = "etl_file_stat_cache"
 _DDL_LOCK_KEY = int.from_bytes(b"fdaudit1", "big")  # pg_advisory_xact_lock key for the audit DDL
 
 
@@ -88,7 +89,7 @@ _t = audit_table.c
 # hashed again. A stale entry can only delay a file, never load wrong bytes: the runner
 # re-hashes the bytes it loads.
 stat_cache_table = sa.Table(
-    "etl_file_stat_cache",
+    STAT_CACHE_TABLE,
     metadata,
     sa.Column("pipeline", sa.String(200), primary_key=True),
     sa.Column("path", sa.Text(), primary_key=True),
@@ -99,6 +100,30 @@ stat_cache_table = sa.Table(
     sa.Column("file_hash", sa.String(64), nullable=False),
 )
 _sc = stat_cache_table.c
+
+# A cached hash is taken as registered (``cached_hashes``), so an audit row deleted by hand (to
+# load its file again) must take its cache entries with it, or the file is skipped as COMMITTED
+# for as long as it is unchanged. A trigger does it in the deleting transaction, whoever deletes;
+# the scan pays nothing (checking every cached hash against the audit costs 15% of a scan).
+_FORGET = "etl_file_audit_forget_cached"
+_FORGET_ALL = "etl_file_audit_forget_all_cached"
+_CACHE_BY_HASH = f"ix_{STAT_CACHE_TABLE}_hash"
+_SQLITE_FORGET_DDL = (
+    f"CREATE INDEX IF NOT EXISTS {_CACHE_BY_HASH} ON {STAT_CACHE_TABLE} (pipeline, file_hash)",
+    f"CREATE TRIGGER IF NOT EXISTS {_FORGET} AFTER DELETE ON {TABLE_NAME} FOR EACH ROW BEGIN "
+    f"DELETE FROM {STAT_CACHE_TABLE} WHERE pipeline = OLD.pipeline AND file_hash = OLD.file_hash; END",
+)
+_PG_FORGET_DDL = (
+    f"CREATE INDEX IF NOT EXISTS {_CACHE_BY_HASH} ON {STAT_CACHE_TABLE} (pipeline, file_hash)",
+    # SET search_path FROM CURRENT: the cache table is found whatever the deleting session's path.
+    f"CREATE OR REPLACE FUNCTION {_FORGET}() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT "
+    f"AS $$ BEGIN IF TG_OP = 'TRUNCATE' THEN DELETE FROM {STAT_CACHE_TABLE}; ELSE DELETE FROM {STAT_CACHE_TABLE} "
+    "WHERE pipeline = OLD.pipeline AND file_hash = OLD.file_hash; END IF; RETURN NULL; END $$",
+    f"DROP TRIGGER IF EXISTS {_FORGET} ON {TABLE_NAME}",
+    f"CREATE TRIGGER {_FORGET} AFTER DELETE ON {TABLE_NAME} FOR EACH ROW EXECUTE FUNCTION {_FORGET}()",
+    f"DROP TRIGGER IF EXISTS {_FORGET_ALL} ON {TABLE_NAME}",
+    f"CREATE TRIGGER {_FORGET_ALL} AFTER TRUNCATE ON {TABLE_NAME} FOR EACH STATEMENT EXECUTE FUNCTION {_FORGET}()",
+)
 
 # One row per attempt (claim), written in the transaction of the audit update that begins or
 # ends it: the claim inserts it; commit, fail, release, give back and reclaim close it (ended_at,
@@ -397,26 +422,48 @@ class AuditStore:
             raise DatabaseUnavailable(
                 f"audit database {self.display_url}: cannot create filedge's tables "
                 f"({mask(first_line(getattr(exc, 'orig', None) or exc))}); run filedge once as a role that "
-                "may create tables in this schema (etl_file_audit, etl_file_attempts, etl_file_stat_cache)"
+                "may create tables and triggers in this schema (etl_file_audit, etl_file_attempts, etl_file_stat_cache)"
             ) from None
         self._schema_ready = True
 
     @_retry
     def _create_all(self) -> None:
         with self.engine.begin() as conn:
+            # Nothing to create: take no lock. A process stopped while it held the lock below
+            # (SIGSTOP, a hung client) must not block every later command (found by the fault
+            # harness: a SIGSTOPped worker froze the whole campaign).
+            if self._schema_complete(conn):
+                return
             if self.backend != "sqlite":
-                # Nothing to create: take no lock. A process stopped while it held the lock
-                # below (SIGSTOP, a hung client) must not block every later command (found
-                # by the fault harness: a SIGSTOPped worker froze the whole campaign).
-                if set(metadata.tables) <= set(sa.inspect(conn).get_table_names()):
-                    return
                 # Workers starting together on an empty database would race in CREATE TABLE
                 # (a unique violation in the catalog): one creator at a time, the others then
                 # find the tables (READ COMMITTED: each check is a new snapshot). A wait is
                 # bounded: a holder that never finishes is an error, not a hang.
                 conn.execute(sa.text("SET LOCAL lock_timeout = '60s'"))
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK_KEY})
+            tables = set(sa.inspect(conn).get_table_names())
             metadata.create_all(conn, checkfirst=True)
+            if TABLE_NAME not in tables and STAT_CACHE_TABLE in tables:
+                # The audit table was dropped by hand: no cached hash is registered any more.
+                conn.exec_driver_sql(f"DELETE FROM {STAT_CACHE_TABLE}")
+            for statement in _SQLITE_FORGET_DDL if self.backend == "sqlite" else _PG_FORGET_DDL:
+                conn.exec_driver_sql(statement)
+
+    def _schema_complete(self, conn: sa.Connection) -> bool:
+        """Whether every table, the cache index and the cache triggers exist (one catalog query)."""
+        tables = list(metadata.tables)
+        if self.backend == "sqlite":
+            names = [*tables, _CACHE_BY_HASH, _FORGET]
+            query = f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(names))})"
+            return conn.exec_driver_sql(query, tuple(names)).scalar() == len(names)
+        query = (
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = "
+            "current_schema()::regnamespace AND relname = ANY(%s)), "
+            f"(SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = to_regclass('{TABLE_NAME}') "
+            "AND tgname = ANY(%s))"
+        )
+        found = conn.exec_driver_sql(query, ([*tables, _CACHE_BY_HASH], [_FORGET, _FORGET_ALL])).one()
+        return tuple(found) == (len(tables) + 1, 2)
 
     def dispose(self) -> None:
         self.engine.dispose()

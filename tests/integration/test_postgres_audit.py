@@ -73,3 +73,19 @@ def test_a_stuck_schema_creator_blocks_no_command_once_the_tables_exist(pg_datab
         result = filedge("status", "--audit-db-url", pg_database, timeout=30)
         assert result.returncode == 0, result.stderr
         assert time.monotonic() - started < 10
+
+
+def test_truncating_the_audit_table_empties_the_stat_cache(audit: AuditStore) -> None:
+    test_audit.cache_both(audit)
+    with audit.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE etl_file_audit")
+    assert audit.cached_hashes(test_audit.P) == {}
+
+
+def test_a_delete_from_a_session_with_another_search_path_forgets_the_cache(audit: AuditStore) -> None:
+    """The trigger's function finds the cache table whatever the deleting session's search_path."""
+    test_audit.cache_both(audit)
+    with audit.engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL search_path TO pg_catalog")
+        conn.exec_driver_sql("DELETE FROM public.etl_file_audit WHERE file_hash = %s", (test_audit.H1,))
+    assert audit.cached_hashes(test_audit.P) == {"/in/b.csv": (test_audit.FP, test_audit.H2)}

@@ -416,3 +416,55 @@ def test_a_file_registered_again_replaces_its_stale_history(audit: AuditStore) -
     assert (attempt.worker, attempt.outcome, attempt.error, attempt.ended_at) == ("w2", None, None, None)
     assert audit.commit(claim, 1)
     assert history(audit) == [(1, "committed")]
+
+
+# -- the stat cache follows the audit rows -------------------------------------------------------
+
+FP = (10, 1, 1, 1)  # a (size, mtime_ns, ctime_ns, inode) fingerprint
+
+
+def cache_both(audit: AuditStore) -> None:
+    register(audit, H1)
+    register(audit, H2)
+    audit.remember_hashes(P, [("/in/a.csv", FP, H1), ("/in/b.csv", FP, H2)])
+
+
+def test_an_audit_row_deleted_by_hand_takes_its_cached_hashes_with_it(audit: AuditStore) -> None:
+    """A cached hash is taken as registered: without this, the file would be skipped as loaded."""
+    cache_both(audit)
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM etl_file_audit WHERE file_hash = :h"), {"h": H1})
+    assert audit.cached_hashes(P) == {"/in/b.csv": (FP, H2)}
+
+
+def test_an_audit_table_dropped_by_hand_starts_over_with_an_empty_cache(audit: AuditStore) -> None:
+    cache_both(audit)
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE etl_file_audit"))
+    fresh = AuditStore(audit.url)
+    fresh.ensure_schema()
+    assert fresh.cached_hashes(P) == {} and fresh.counts()["PENDING"] == 0
+    register(fresh, H1)
+    fresh.remember_hashes(P, [("/in/a.csv", FP, H1)])
+    with fresh.engine.begin() as conn:  # the trigger came back with the table
+        conn.execute(sa.text("DELETE FROM etl_file_audit"))
+    assert fresh.cached_hashes(P) == {}
+    fresh.dispose()
+
+
+def test_an_audit_database_made_before_the_cache_trigger_gets_it(audit: AuditStore) -> None:
+    cache_both(audit)
+    with audit.engine.begin() as conn:
+        if audit.backend == "sqlite":
+            conn.execute(sa.text("DROP TRIGGER etl_file_audit_forget_cached"))
+        else:
+            conn.execute(sa.text("DROP TRIGGER etl_file_audit_forget_cached ON etl_file_audit"))
+            conn.execute(sa.text("DROP TRIGGER etl_file_audit_forget_all_cached ON etl_file_audit"))
+            conn.execute(sa.text("DROP FUNCTION etl_file_audit_forget_cached()"))
+        conn.execute(sa.text("DROP INDEX ix_etl_file_stat_cache_hash"))
+    upgraded = AuditStore(audit.url)
+    upgraded.ensure_schema()
+    with upgraded.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM etl_file_audit WHERE file_hash = :h"), {"h": H2})
+    assert upgraded.cached_hashes(P) == {"/in/a.csv": (FP, H1)}
+    upgraded.dispose()

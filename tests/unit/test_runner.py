@@ -178,6 +178,30 @@ def test_stat_cache_skips_rehashing_unchanged_files(ws: Workspace, monkeypatch) 
     assert hashed.count(str(ws.incoming / "new.csv")) == 2
 
 
+def test_a_file_whose_audit_row_was_deleted_by_hand_is_loaded_again(ws: Workspace, monkeypatch) -> None:
+    """Its hash is in the stat cache (the file is unchanged), but a cached hash without an audit
+    row must not be skipped as COMMITTED: deleting the row forgets the cache entry."""
+    import os
+    import time
+
+    import filedge_core.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "STAT_CACHE_SETTLE_NS", 300_000_000)
+    old = time.time() - 60
+    for i in range(2):
+        os.utime(ws.add(f"f{i}.csv", orders_csv(2, start=10 * i)), (old, old))
+    time.sleep(0.4)  # settled: the first run caches both hashes
+    assert run(ws).committed == 2
+    assert run(ws).skipped == 2
+    gone = hash_file(ws.incoming / "f1.csv")
+    audit_db = ws.audit_url.removeprefix("sqlite:///")
+    with sqlite3.connect(audit_db) as dba:  # what an operator would type in sqlite3
+        dba.execute("DELETE FROM etl_file_audit WHERE file_hash = ?", (gone,))
+    summary = run(ws)
+    assert (summary.new, summary.committed, summary.skipped) == (1, 1, 1)
+    assert ws.rows_per_hash()[gone] == 2
+
+
 def test_a_renamed_file_is_loaded_from_where_it_is_now(ws: Workspace) -> None:
     from filedge_core.runner import plan_run, process_file
 

@@ -180,6 +180,7 @@ class Claim:
     previous_state: str
     path: str
     registered_at: str = ""  # when the file was first seen (UTC, ISO 8601)
+    worker: str = ""  # claimed_by
 
     @property
     def short_hash(self) -> str:
@@ -679,10 +680,11 @@ class AuditStore:
             if row is None or row.state != FileState.PROCESSING.value or row.claimed_by != worker:
                 return None
             return Claim(
-                pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path, iso_utc(row.created_at)
+                pipeline, file_hash, row.claim_token, row.attempts, "PENDING", row.path, iso_utc(row.created_at), worker
             )
         token, attempts, previous, path, created, _ = rows[0]
-        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path, iso_utc(parse_timestamp(created)))
+        registered = iso_utc(parse_timestamp(created))
+        return Claim(pipeline, file_hash, int(token), int(attempts), previous, path, registered, worker)
 
     def _claim_sqlite(self, conn: sa.Connection, params: dict[str, Any]) -> list[sa.Row[Any]]:
         """The claim and the insert of its attempt, in one transaction."""
@@ -819,6 +821,31 @@ class AuditStore:
                 updated_at=self._now,
             )
             .returning(_t.file_hash, _t.claim_token, _t.pipeline)
+        )
+        return len(self._ending(stmt, None, Outcome.GIVEN_BACK, error=reason)) == 1
+
+    def catch_up(self, claim: Claim, ledger_token: int, reason: str) -> bool:
+        """The destination's ledger refused ``claim``'s write with a newer token, yet the claim
+        still holds the file: no newer claim exists, so the audit row is younger than the
+        ledger (deleted by hand and registered again, or restored from an older copy) and its
+        tokens started over. Give the file back uncharged with its token raised to the ledger's,
+        so that the next claim's write is accepted. False if the lease is not ``claim``'s (the
+        refusal was right: a newer claim holds it)."""
+        stmt = (
+            sa.update(audit_table)
+            .where(self._holding(claim), _t.claim_token < ledger_token)
+            .values(
+                state=FileState.PENDING.value,
+                attempts=_t.attempts - 1,
+                claim_token=ledger_token,
+                claimed_by=None,
+                claimed_at=None,
+                last_error=reason,
+                error_kind=None,
+                updated_at=self._now,
+            )
+            # the ended attempt is the claim's, under its old token
+            .returning(_t.file_hash, sa.literal(claim.token, sa.BigInteger()).label("claim_token"), _t.pipeline)
         )
         return len(self._ending(stmt, None, Outcome.GIVEN_BACK, error=reason)) == 1
 

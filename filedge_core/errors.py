@@ -80,6 +80,10 @@ class LeaseLost(FiledgeError):
 
     outcome = FileOutcome.FENCED
 
+    def __init__(self, message: str | None = None, ledger_token: int | None = None) -> None:
+        super().__init__(message)
+        self.ledger_token = ledger_token  # the destination's token that refused the write, if known
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none)."""

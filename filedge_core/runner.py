@@ -230,13 +230,16 @@ def process_claim(
     audit: AuditStore,
     connector: Connector,
     on_progress: Callable[[str, int], None] | None = None,
+    caught_up: bool = False,
 ) -> FileResult:
     """Load one claimed file and settle its audit row. Never raises for the file's own problems.
 
     The file is read in batches inside the destination transaction (``FileBatches``): the
     bytes are hashed as they are parsed, and the transaction cannot commit unless they are
     the claimed bytes. ``on_progress(file_hash, records)`` is told, before each batch is
-    written, how many records of the file have been read so far."""
+    written, how many records of the file have been read so far. A write refused because the
+    audit row is younger than the destination's ledger is claimed again once with a raised
+    token (``AuditStore.catch_up``; ``caught_up``: this is that second claim)."""
     started = time.monotonic()
     loaded: FileResult | None = None
     error: FiledgeError | None = None
@@ -297,6 +300,14 @@ def process_claim(
     if loaded is not None:
         return _clean_up_after_load(config, audit, loaded, fingerprint, opened_ns)
     assert error is not None
+    if isinstance(error, LeaseLost) and error.ledger_token is not None and not caught_up:
+        reason = f"{error}: the audit row is younger than the ledger; claim token raised to {error.ledger_token}"
+        if audit.catch_up(claim, error.ledger_token, reason):
+            again = claimer(audit, config, claim.worker)(claim.file_hash)
+            if again is not None:
+                return process_claim(again, path, config, audit, connector, on_progress, caught_up=True)
+            taken = f"{reason}; another worker claimed it since"
+            return FileResult(claim.file_hash, path, "fenced", 0, taken, claim.attempts - 1, time.monotonic() - started)
     outcome = settle(audit, claim, error, config.retry_cap)
     attempts = claim.attempts - 1 if outcome == "given_back" else claim.attempts
     retryable = error.outcome is not FileOutcome.TERMINAL and attempts < config.retry_cap

@@ -816,7 +816,7 @@ class PostgresConnector:
     def _refused(self, token: int, stored: int | None) -> LeaseLost:
         older_than = stored if stored is not None else "the stored one"
         return LeaseLost(
-            f"write refused: claim token {token} is older than {older_than} in {self.schema}.{LEDGER_TABLE}"
+            f"write refused: claim token {token} is older than {older_than} in {self.schema}.{LEDGER_TABLE}", stored
         )
 
     # -- verify ---------------------------------------------------------------------------

@@ -257,7 +257,8 @@ class SqliteConnector:
                 stored = self._stored_token(conn, request)
                 if stored is not None and stored > request.token:
                     raise LeaseLost(
-                        f"write refused: claim token {request.token} is older than {stored} in {LEDGER_TABLE}"
+                        f"write refused: claim token {request.token} is older than {stored} in {LEDGER_TABLE}",
+                        stored,
                     )
                 if mode == "replace":
                     newer = self._newer_snapshot(conn, request)

@@ -10,7 +10,7 @@ import pytest
 
 from filedge_core.faults import CRASH_EXIT_CODE, STEPS
 from filedge_core.scan import hash_file
-from tests.support import Workspace, orders_csv
+from tests.support import Workspace, filedge, orders_csv
 
 FILES = {"a.csv": 3, "b.csv": 5, "c.csv": 2}
 
@@ -147,3 +147,31 @@ def test_file_that_kills_its_worker_ends_failed(ws: Workspace) -> None:
     row = audit.rows()[0]
     assert (row.state, row.attempts, row.last_error) == ("FAILED", 2, "worker lost 2 times")
     assert [(a.claim_token, a.outcome) for a in audit.attempts("orders", row.file_hash)] == [(1, "lost"), (2, "lost")]
+
+
+def test_a_file_deleted_from_the_audit_by_hand_is_loaded_again_once(ws: Workspace) -> None:
+    """Its new audit row's tokens start over below the ledger's: the first write is refused as
+    fenced, the row is found still ours (so younger than the ledger), its token is raised and
+    the file loaded in the same run, not left PROCESSING until reclaims catch up."""
+    import sqlalchemy as sa
+
+    file_hash = hash_file(ws.add("a.csv", orders_csv(3)))
+    assert ws.run(env={"FILEDGE_TEST_CRASH_AT": "mid_insert"}).returncode == CRASH_EXIT_CODE
+    ws.age_leases()
+    assert ws.run().returncode == 0  # loaded under claim token 2
+    audit = ws.audit()
+    with audit.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM etl_file_audit WHERE file_hash = :h"), {"h": file_hash})
+    again = ws.run()
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "Committed: 1 Failed: 0 Skipped: 0 New: 1 Reclaimed: 0 Retried: 0"
+    assert ws.rows_per_hash() == {file_hash: 3}
+    row = audit.get("orders", file_hash)
+    assert (row.state, row.attempts, row.claim_token) == ("COMMITTED", 1, 3)
+    # token 1 is the new row's refused write (it replaced the old row's attempt 1); 2 is the old load
+    assert [(a.claim_token, a.outcome) for a in audit.attempts("orders", file_hash)] == [
+        (1, "given_back"), (2, "committed"), (3, "committed")
+    ]
+    audit.dispose()
+    verified = filedge("verify", "--config", str(ws.config_path), "--audit-db-url", ws.audit_url, cwd=ws.root)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

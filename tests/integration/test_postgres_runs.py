@@ -24,6 +24,9 @@ test_sigkill_mid_insert = test_crash.test_sigkill_mid_insert
 test_heartbeat_keeps_a_slow_file_alive = test_crash.test_heartbeat_keeps_a_slow_file_alive
 test_without_heartbeat_the_lease_would_go_stale = test_crash.test_without_heartbeat_the_lease_would_go_stale
 test_file_that_kills_its_worker_ends_failed = test_crash.test_file_that_kills_its_worker_ends_failed
+test_a_file_deleted_from_the_audit_by_hand_is_loaded_again_once = (
+    test_crash.test_a_file_deleted_from_the_audit_by_hand_is_loaded_again_once
+)
 # `filedge show` and `filedge prune` with the audit table and the destination on PostgreSQL.
 test_show_a_file_its_attempts_and_where_its_rows_are = test_cli.test_show_a_file_its_attempts_and_where_its_rows_are
 test_show_counts_quarantined_rows_too = test_cli.test_show_counts_quarantined_rows_too

@@ -805,12 +805,18 @@ class AuditStore:
         )
         return len(self._ending(stmt, None, Outcome.RELEASED, error=error, error_kind=ErrorKind.CHANGED.value)) == 1
 
-    def give_back(self, claim: Claim, reason: str) -> bool:
+    def give_back(self, claim: Claim, reason: str, token: int | None = None) -> bool:
         """PROCESSING -> PENDING without charging the attempt (the run was stopped, the file
-        did nothing wrong). The claim token stays: a write of the given-back claim is fenced."""
+        did nothing wrong). The claim token stays: a write of the given-back claim is fenced.
+        With ``token``, only if the claim's is lower, and the row's token becomes ``token``."""
+        holding = self._holding(claim)
+        values: dict[str, Any] = {}
+        if token is not None:
+            holding = sa.and_(holding, _t.claim_token < token)
+            values["claim_token"] = token
         stmt = (
             sa.update(audit_table)
-            .where(self._holding(claim))
+            .where(holding)
             .values(
                 state=FileState.PENDING.value,
                 attempts=_t.attempts - 1,
@@ -819,8 +825,10 @@ class AuditStore:
                 last_error=reason,
                 error_kind=None,
                 updated_at=self._now,
+                **values,
             )
-            .returning(_t.file_hash, _t.claim_token, _t.pipeline)
+            # the ended attempt is the claim's, under its own token
+            .returning(_t.file_hash, sa.literal(claim.token, sa.BigInteger()).label("claim_token"), _t.pipeline)
         )
         return len(self._ending(stmt, None, Outcome.GIVEN_BACK, error=reason)) == 1
 
@@ -831,23 +839,7 @@ class AuditStore:
         tokens started over. Give the file back uncharged with its token raised to the ledger's,
         so that the next claim's write is accepted. False if the lease is not ``claim``'s (the
         refusal was right: a newer claim holds it)."""
-        stmt = (
-            sa.update(audit_table)
-            .where(self._holding(claim), _t.claim_token < ledger_token)
-            .values(
-                state=FileState.PENDING.value,
-                attempts=_t.attempts - 1,
-                claim_token=ledger_token,
-                claimed_by=None,
-                claimed_at=None,
-                last_error=reason,
-                error_kind=None,
-                updated_at=self._now,
-            )
-            # the ended attempt is the claim's, under its old token
-            .returning(_t.file_hash, sa.literal(claim.token, sa.BigInteger()).label("claim_token"), _t.pipeline)
-        )
-        return len(self._ending(stmt, None, Outcome.GIVEN_BACK, error=reason)) == 1
+        return self.give_back(claim, reason, ledger_token)
 
     def fenced(self, claim: Claim, error: str) -> bool:
         """Note on ``claim``'s attempt, which a reclaim closed as lost, that its worker came back

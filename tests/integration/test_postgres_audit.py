@@ -89,3 +89,40 @@ def test_a_delete_from_a_session_with_another_search_path_forgets_the_cache(audi
         conn.exec_driver_sql("SET LOCAL search_path TO pg_catalog")
         conn.exec_driver_sql("DELETE FROM public.etl_file_audit WHERE file_hash = %s", (test_audit.H1,))
     assert audit.cached_hashes(test_audit.P) == {"/in/b.csv": (test_audit.FP, test_audit.H2)}
+
+
+def test_a_role_that_may_not_add_the_cache_trigger_still_works(pg_database: str, pg_admin: Any) -> None:
+    """Tables an older filedge made, used by a role that is not their owner: the trigger cannot
+    be added by it, and its commands work without it; the owner's next command adds it."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from tests.support import filedge
+
+    store = AuditStore(pg_database)
+    store.ensure_schema()
+    store.dispose()
+    role = f"filedge_user_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_database, autocommit=True) as owner:
+        owner.execute("DROP TRIGGER etl_file_audit_forget_cached ON etl_file_audit")
+        owner.execute("DROP TRIGGER etl_file_audit_forget_all_cached ON etl_file_audit")
+        owner.execute("DROP FUNCTION etl_file_audit_forget_cached()")
+        owner.execute("DROP INDEX ix_etl_file_stat_cache_hash")
+        pg_admin.execute(f"CREATE ROLE {role} LOGIN")
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        parts = urlsplit(pg_database)
+        as_user = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        used = filedge("status", "--audit-db-url", as_user)
+        assert (used.returncode, used.stderr) == (0, "")
+        triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'etl_file_audit'::regclass AND NOT tgisinternal"
+        with psycopg.connect(pg_database, autocommit=True) as owner:
+            assert owner.execute(triggers).fetchone() == (0,)
+            assert filedge("status", "--audit-db-url", pg_database).returncode == 0
+            assert owner.execute(triggers).fetchone() == (2,)
+    finally:
+        with psycopg.connect(pg_database, autocommit=True) as owner:
+            owner.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+        pg_admin.execute(f"DROP ROLE {role}")

@@ -19,7 +19,7 @@ from .config import PipelineConfig
 from .errors import DatabaseUnavailable, FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
 from .scan import SETTLE_NS, Candidate, hash_file, list_candidates
-from .shutdown import SHUTDOWN, Interrupted
+from .shutdown import SHUTDOWN, Interrupted, reclaim_sigint
 
 if TYPE_CHECKING:
     from .connectors import Connector
@@ -551,6 +551,7 @@ def work(
 
     worker = worker or worker_id()
     connector = open_connector(config)
+    reclaim_sigint()  # polars is loaded now
     try:
         connector.prepare()  # before any claim: a bad destination charges no file
         claim_file = claimer(audit, config, worker)

@@ -49,16 +49,12 @@ class Shutdown:
 
 
 SHUTDOWN = Shutdown()
+_installed = False
 
 
 def install(grace: float = DEFAULT_GRACE_SECONDS) -> None:
     """Handle SIGTERM and SIGINT as described above (main thread only)."""
-    # polars registers its own SIGINT hook when first imported: a SIGINT that lands while any
-    # thread is inside polars makes that call raise KeyboardInterrupt, which would cut the file
-    # being loaded short instead of letting it finish within the grace period. Importing polars
-    # first lets the handlers below replace that hook (signal.signal installs a new sigaction).
-    import polars  # noqa: F401
-
+    global _installed
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(f"the grace period of {grace:g} s is over")
@@ -72,6 +68,20 @@ def install(grace: float = DEFAULT_GRACE_SECONDS) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _installed = True
+
+
+def reclaim_sigint() -> None:
+    """Put the SIGINT handler of ``install`` back in front of polars' (call once polars is
+    loaded, before any file is claimed).
+
+    polars registers a SIGINT hook of its own when it is first imported: a SIGINT that lands
+    while any thread is inside polars makes that call raise KeyboardInterrupt, which would cut
+    the file being loaded short instead of letting it finish within the grace period.
+    ``signal.signal`` installs a new sigaction, which replaces the hook. polars is imported only
+    when there is work (a scan of committed files does without its 0.2 s import)."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.getsignal(signal.SIGINT))
 
 
 def disarm() -> None:

@@ -19,7 +19,7 @@ from .audit import AuditStore
 from .config import PipelineConfig
 from .connectors import open_connector
 from .runner import FileResult, RunPlan, RunSummary, WorkItem, plan_run, work, worker_id
-from .shutdown import DEFAULT_GRACE_SECONDS, SHUTDOWN, Interrupted, disarm, install
+from .shutdown import DEFAULT_GRACE_SECONDS, SHUTDOWN, Interrupted, disarm, install, reclaim_sigint
 
 _POLL_S = 0.2
 _PROGRESS_EVERY_S = 0.5
@@ -102,6 +102,7 @@ def run_parallel(
         summary.leave(len(items))
         return summary
     connector = open_connector(config)
+    reclaim_sigint()  # polars is loaded now
     try:
         connector.prepare()  # a bad destination stops the run before any worker claims
     finally:

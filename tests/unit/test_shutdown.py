@@ -1,4 +1,5 @@
-"""shutdown.install(): the first SIGINT only asks for a stop, even in the middle of polars work."""
+"""shutdown.install(): the first SIGINT only asks for a stop, even in the middle of polars work
+(polars' own SIGINT hook, registered when it is imported, is replaced once a run begins work)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,22 @@ import subprocess
 import sys
 import textwrap
 
-# A process that installs filedge's handlers, keeps polars busy (in the main thread and in a
-# read-ahead-like thread, as the CSV reader does), signals itself mid-query and reports.
+from tests.support import ROOT
+
+# A process that installs filedge's handlers as `filedge run` does, begins work as a run does
+# (which loads polars: its hook is registered then), keeps polars busy (in the main thread and in
+# a read-ahead-like thread, as the CSV reader does), signals itself mid-query and reports.
 PROGRAM = textwrap.dedent(
     """
-    import os, signal, threading, time
+    import os, signal, sys, tempfile, threading, time
+    from pathlib import Path
     from filedge_core.shutdown import SHUTDOWN, install
     install(30)
+    assert "polars" not in sys.modules
+    from filedge_core.runner import RunSummary, work
+    from tests.support import Workspace
+    ws = Workspace(Path(tempfile.mkdtemp()))
+    work(ws.config(), [], ws.audit(), RunSummary())
     import polars as pl
 
     frame = pl.DataFrame({"a": range(1_000_000)})
@@ -45,6 +55,6 @@ PROGRAM = textwrap.dedent(
 
 
 def test_a_sigint_during_polars_work_asks_for_a_stop_without_interrupting_it() -> None:
-    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["finished", "finished", "True"], done.stderr

@@ -514,6 +514,11 @@ class AuditStore:
             "SELECT path, size, mtime_ns, ctime_ns, inode, file_hash FROM etl_file_stat_cache "
             f"WHERE pipeline = {self._marker}"
         )
+        if self.backend == "sqlite":
+            # Read along the primary key, in the order the rows were written: SQLite would
+            # otherwise pick the trigger's (pipeline, file_hash) index and fetch the rows in hash
+            # order (100,000 entries: 0.26 s instead of 0.11 s).
+            query += " ORDER BY path"
         rows = self._raw_rows(query, (pipeline,))
         return {row[0]: ((row[1], row[2], row[3], row[4]), row[5]) for row in rows}
 

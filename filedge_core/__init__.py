@@ -36,6 +36,7 @@ _EXPORTS = {
     ],
     "connectors": ["Connector", "open_connector"],
     "pipeline_set": ["PipelineEntry", "load_pipeline_set"],
+    "report": ["FileReport", "file_report"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from .pipeline_set import PipelineEntry, load_pipeline_set
+    from .report import FileReport, file_report
     from .runner import (
         FileResult,
         RunPlan,

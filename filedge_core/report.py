@@ -69,12 +69,14 @@ class FileReport:
         if row.state == FileState.PROCESSING.value:
             out.append(f"lease:        {row.claimed_by} since {_when(row.claimed_at)}")
         out.extend(self._destination_lines())
+        return out + self.history_lines()
+
+    def history_lines(self) -> list[str]:
+        """The attempt history: a heading line, then one line per attempt, oldest first."""
         if not self.attempts:
-            out.append("history:      none recorded (pruned, or older than the attempt history)")
-            return out
-        out.append(f"history:      {len(self.attempts)} attempt(s)")
-        for attempt in self.attempts:
-            out.append("  " + "  ".join(self._attempt_fields(attempt)))
+            return ["history:      none recorded (pruned, or older than the attempt history)"]
+        out = [f"history:      {len(self.attempts)} attempt(s)"]
+        out.extend("  " + "  ".join(self._attempt_fields(attempt)) for attempt in self.attempts)
         return out
 
     def _destination_lines(self) -> list[str]:

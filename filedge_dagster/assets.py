@@ -9,7 +9,15 @@ from typing import Any
 
 import dagster as dg
 
-from filedge_core import FileResult, PipelineEntry, open_connector, process_file
+from filedge_core import (
+    AuditStore,
+    FiledgeError,
+    FileResult,
+    PipelineEntry,
+    file_report,
+    open_connector,
+    process_file,
+)
 
 from .partitions import file_partitions, safe_name
 from .resources import FiledgeResource
@@ -21,7 +29,14 @@ def asset_key(pipeline: str) -> dg.AssetKey:
     return dg.AssetKey(["filedge", safe_name(pipeline)])
 
 
-def _metadata(result: FileResult, entry: PipelineEntry) -> dict[str, Any]:
+def _metadata(result: FileResult, entry: PipelineEntry, audit: AuditStore) -> dict[str, Any]:
+    """A materialization's metadata: the file's outcome, and its audit row's config hash and
+    attempt history as `filedge show` prints them (every attempt, by any run or `filedge run`)."""
+    try:
+        report = file_report(audit, result.file_hash, entry.config.name)
+        config_hash, history = report.row.config_hash or "", "\n".join(report.history_lines())
+    except FiledgeError as exc:  # the file is committed: a failed read of its history must not fail the run
+        config_hash, history = "", f"history: not read ({exc})"
     return {
         "path": dg.MetadataValue.path(result.path) if result.path else "",
         "rows_written": result.rows_written,
@@ -30,6 +45,8 @@ def _metadata(result: FileResult, entry: PipelineEntry) -> dict[str, Any]:
         "attempts": result.attempts,
         "duration_s": round(result.duration_s, 3),
         "outcome": result.outcome,
+        "config_hash": config_hash,
+        "history": dg.MetadataValue.md(f"```\n{history}\n```"),
         **({"note": result.note} if result.note else {}),
     }
 
@@ -83,7 +100,7 @@ def _build(entry: PipelineEntry, name: str, retry_cap: int) -> dg.AssetsDefiniti
                 result = process_file(config, key, audit, connector, worker)
                 if result.outcome in DONE:
                     yield dg.AssetMaterialization(
-                        asset_key=context.asset_key, partition=key, metadata=_metadata(result, pipeline)
+                        asset_key=context.asset_key, partition=key, metadata=_metadata(result, pipeline, audit)
                     )
                 else:
                     failed.append(result)

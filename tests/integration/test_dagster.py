@@ -29,7 +29,9 @@ ASSET = dg.AssetKey(["filedge", PIPELINE])
 SENSOR = f"filedge_{PIPELINE}_sensor"
 PARTITIONS = f"filedge_{PIPELINE}_files"
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
-METADATA_KEYS = {"path", "rows_written", "rows_rejected", "dest_table", "attempts", "duration_s"}
+METADATA_KEYS = {
+    "path", "rows_written", "rows_rejected", "dest_table", "attempts", "duration_s", "config_hash", "history"
+}
 
 
 def write_pipeline_set(ws: Workspace, **entry: Any) -> Path:
@@ -198,6 +200,12 @@ def test_sensor_tick_registers_files_and_the_range_run_commits_them(harness: Har
         assert (metadata["rows_written"], metadata["rows_rejected"]) == (4, 0)
         assert (metadata["dest_table"], metadata["attempts"]) == ("orders", 1)
         assert isinstance(metadata["duration_s"], float) and metadata["duration_s"] >= 0
+        # the audit row's config hash and its attempt history, as `filedge show` prints them
+        assert metadata["config_hash"] == rows[key].config_hash and len(metadata["config_hash"]) == 64
+        history = metadata["history"].strip("`\n").splitlines()
+        assert history[0] == "history:      1 attempt(s)"
+        assert history[1].startswith("  token 1  ") and "  committed  " in history[1] and "rows=4" in history[1]
+        assert f"dagster:{run.run_id[:8]}:" in history[1]
     assert set(harness.statuses().values()) == {dg.AssetPartitionStatus.MATERIALIZED}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.support import ROOT
 
@@ -14,14 +15,14 @@ from tests.support import ROOT
 # a read-ahead-like thread, as the CSV reader does), signals itself mid-query and reports.
 PROGRAM = textwrap.dedent(
     """
-    import os, signal, sys, tempfile, threading, time
+    import os, signal, sys, threading, time
     from pathlib import Path
     from filedge_core.shutdown import SHUTDOWN, install
     install(30)
     assert "polars" not in sys.modules
     from filedge_core.runner import RunSummary, work
     from tests.support import Workspace
-    ws = Workspace(Path(tempfile.mkdtemp()))
+    ws = Workspace(Path(sys.argv[1]))
     work(ws.config(), [], ws.audit(), RunSummary())
     import polars as pl
 
@@ -54,7 +55,9 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def test_a_sigint_during_polars_work_asks_for_a_stop_without_interrupting_it() -> None:
-    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=60, cwd=ROOT)
+def test_a_sigint_during_polars_work_asks_for_a_stop_without_interrupting_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["finished", "finished", "True"], done.stderr

@@ -6,7 +6,8 @@ imported on first use, so that ``filedge --help`` and ``filedge status`` do not 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing is not imported: the `filedge` command starts with this module
 
 _EXPORTS = {
     "audit": ["Attempt", "AuditRow", "AuditStore", "Claim", "ErrorKind", "FileState", "Outcome", "Reclaimed"],
@@ -52,6 +53,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .audit import Attempt, AuditRow, AuditStore, Claim, ErrorKind, FileState, Outcome, Reclaimed
     from .config import ColumnSpec, ConnectorSpec, PipelineConfig, load_pipeline, parse_pipeline
     from .connectors import Connector, open_connector

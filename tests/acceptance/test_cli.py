@@ -325,3 +325,26 @@ def test_prune_deletes_history_never_the_audit_row(ws: Workspace) -> None:
     assert negative.returncode == 2 and "'--older-than': -1.0 is not in the range x>=0" in negative.stderr
     assert_one_line_error(filedge("prune", "--older-than", "nan", *url), 2, "--older-than")
     assert filedge("prune", *url).returncode == 2
+
+
+def test_a_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback() -> None:
+    """The installed command starts at filedge_core.entry, which catches a KeyboardInterrupt
+    raised while the CLI's modules are imported (here: made to happen at `import click`)."""
+    import subprocess
+    import sys
+
+    from tests.support import FILEDGE, ROOT
+
+    assert "from filedge_core.entry import main" in open(FILEDGE).read()
+    program = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'click':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from filedge_core.entry import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, "status"], capture_output=True, text=True, cwd=ROOT)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "filedge: error: interrupted\n", "")

@@ -293,7 +293,13 @@ class Nemesis:
         for proc in [p for p in self.procs if p.poll() is not None]:
             self.procs.remove(proc)
             assert proc.stderr is not None
-            for line in proc.stderr.read().splitlines():
+            said = proc.stderr.read()
+            # A traceback is a bug, except a KeyboardInterrupt raised by a SIGINT that came
+            # before the interpreter reached filedge's code (site, the first imports).
+            lines = said.splitlines()
+            if said.count("Traceback (most recent call last)") > lines.count("KeyboardInterrupt"):
+                self.report.violations.append(f"a traceback on a worker's stderr: {said.strip()[-500:]}")
+            for line in lines:
                 if os.environ.get("FILEDGE_FAULTS_VERBOSE"):
                     print(line, file=sys.stderr)
                 for needle, meaning in SIGNS:

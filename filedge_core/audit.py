@@ -357,23 +357,20 @@ class AuditStore:
     def _raw_rows(self, query: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one query run through the driver directly: on 100,000 rows,
         SQLAlchemy's row objects cost four times the query."""
-        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         with self._errors():
+            # The pool hands out raw connections without wrapping the driver's errors.
             try:
-                # The pool hands out raw connections without wrapping the driver's errors.
                 raw = self.engine.raw_connection()
-            except dbapi_error as exc:
+                try:
+                    cursor = raw.cursor()
+                    cursor.execute(query, tuple(params))
+                    rows = cursor.fetchall()
+                    cursor.close()
+                    raw.commit()
+                finally:
+                    raw.close()
+            except self.engine.dialect.loaded_dbapi.Error as exc:
                 raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
-            try:
-                cursor = raw.cursor()
-                cursor.execute(query, tuple(params))
-                rows = cursor.fetchall()
-                cursor.close()
-                raw.commit()
-            except dbapi_error as exc:
-                raise DatabaseUnavailable(f"audit database {self.display_url}: {mask(first_line(exc))}") from None
-            finally:
-                raw.close()
         return rows
 
     @contextmanager
@@ -511,7 +508,7 @@ class AuditStore:
         Entries are written only after their hash is registered (``runner.plan_run``), so a
         cached file needs no registration. Read through the driver directly (``_raw_rows``)."""
         query = (
-            "SELECT path, size, mtime_ns, ctime_ns, inode, file_hash FROM etl_file_stat_cache "
+            f"SELECT path, size, mtime_ns, ctime_ns, inode, file_hash FROM {STAT_CACHE_TABLE} "
             f"WHERE pipeline = {self._marker}"
         )
         if self.backend == "sqlite":

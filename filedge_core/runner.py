@@ -18,7 +18,7 @@ from .audit import AuditStore, Claim, ErrorKind, FileState, snapshot_order
 from .config import PipelineConfig
 from .errors import DatabaseUnavailable, FiledgeError, FileOutcome, LeaseLost, TransientError
 from .faults import checkpoint
-from .scan import SETTLE_NS, Candidate, hash_file, list_candidates
+from .scan import SETTLE_NS, Candidate, Fingerprint, hash_file, list_candidates
 from .shutdown import SHUTDOWN, Interrupted, reclaim_sigint
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ def process_claim(
     started = time.monotonic()
     loaded: FileResult | None = None
     error: FiledgeError | None = None
-    fingerprint: tuple[int, int, int, int] | None = None
+    fingerprint: Fingerprint | None = None
     opened_ns = 0
     with Heartbeat(audit, claim, heartbeat_interval(config)) as heartbeat:
 
@@ -288,7 +288,7 @@ def process_claim(
                 _give_back_quietly(audit, claim)
                 raise
             # The grace period is over (or a KeyboardInterrupt came after a stop was asked for,
-            # which shutdown.install() keeps polars from raising): the file did nothing wrong.
+            # which shutdown.reclaim_sigint() keeps polars from raising): the file did nothing wrong.
             reason = f"interrupted ({str(exc) or type(exc).__name__}); the lease was given back"
             audit.give_back(claim, reason)
             return FileResult(
@@ -318,7 +318,7 @@ def _clean_up_after_load(
     config: PipelineConfig,
     audit: AuditStore,
     loaded: FileResult,
-    fingerprint: tuple[int, int, int, int] | None,
+    fingerprint: Fingerprint | None,
     opened_ns: int,
 ) -> FileResult:
     """``after_commit`` for a file this worker just committed. A stop that lands here skips the
@@ -338,7 +338,7 @@ def after_commit(
     audit: AuditStore,
     file_hash: str,
     path: str,
-    fingerprint: tuple[int, int, int, int],
+    fingerprint: Fingerprint,
     taken_ns: int,
 ) -> tuple[str | None, str | None]:
     """Clean up a file whose content is COMMITTED (``after_commit``); a moved file's audit row

@@ -104,6 +104,7 @@ class Connector(Protocol):
     def inventory(self) -> Inventory:
         """Read-only, in one snapshot: the pipeline's ledger rows, and one ``GROUP BY`` per table
         counting rows per file hash. Creates nothing."""
+
     def stored_rows(self, file_hash: str) -> StoredRows:
         """Read only (nothing is created): the file's rows in the table and in its rejects table."""
 

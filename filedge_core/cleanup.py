@@ -30,9 +30,7 @@ import time
 
 from .config import PipelineConfig
 from .errors import ConfigError
-from .scan import HASH_CHUNK, SETTLE_NS, hash_file
-
-Fingerprint = tuple[int, int, int, int]
+from .scan import HASH_CHUNK, SETTLE_NS, Fingerprint, hash_file, stat_fingerprint
 
 _PRIVATE = ".filedge-cleanup-"
 _ABANDONED_AFTER_S = 60
@@ -61,7 +59,7 @@ def clean_up(
     directory, name = os.path.split(path)
     private = os.path.join(directory, f".{name}{_PRIVATE}{os.getpid()}-{next(_serial)}")
     try:
-        if _fingerprint(path) != fingerprint:
+        if stat_fingerprint(os.lstat(path)) != fingerprint:
             return None, _trouble(action, "changed since it was read")
         os.rename(path, private)
     except FileNotFoundError:
@@ -85,11 +83,6 @@ def clean_up(
 
 def _trouble(action: str, why: str) -> str:
     return f"not cleaned up (after_commit: {action}): {why}"
-
-
-def _fingerprint(path: str) -> Fingerprint:
-    st = os.lstat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def _holds(private: str, fingerprint: Fingerprint, taken_ns: int, file_hash: str) -> bool:

@@ -19,6 +19,14 @@ HASH_CHUNK = 1 << 20
 SETTLE_NS = 2_000_000_000
 _TEMP_SUFFIXES = (".tmp", ".part")
 
+# What must be unchanged for a file's bytes to be taken as unchanged: (size, mtime_ns, ctime_ns, inode).
+Fingerprint = tuple[int, int, int, int]
+
+
+def stat_fingerprint(st: os.stat_result) -> Fingerprint:
+    """A file's fingerprint from its stat."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
 
 class Candidate(NamedTuple):
     """A regular file directly inside the scanned directory (``location``: its absolute path).
@@ -40,7 +48,7 @@ class Candidate(NamedTuple):
         return os.path.basename(self.location)
 
     @property
-    def fingerprint(self) -> tuple[int, int, int, int]:
+    def fingerprint(self) -> Fingerprint:
         """What must be unchanged for a cached hash to be trusted."""
         return self[1:]  # type: ignore[return-value]
 

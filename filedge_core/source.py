@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .errors import DataError, FileChanged, TransientError
+from .scan import Fingerprint, stat_fingerprint
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 _READ_PIECE = 1 << 20
@@ -39,7 +40,7 @@ class Snapshot(io.RawIOBase):
     ``FileChanged`` if the bytes are not the ones that were claimed."""
 
     def __init__(
-        self, handle: BinaryIO, name: str, expected: str | None = None, fingerprint: tuple[int, int, int, int] | None = None
+        self, handle: BinaryIO, name: str, expected: str | None = None, fingerprint: Fingerprint | None = None
     ) -> None:
         self._handle = handle
         self.name = name
@@ -89,8 +90,7 @@ def open_snapshot(path: str | Path, expected: str | None) -> Snapshot:
         raise FileChanged(f"{path}: is now a directory") from None
     except OSError as exc:
         raise TransientError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    st = os.fstat(handle.fileno())
-    return Snapshot(handle, str(path), expected, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return Snapshot(handle, str(path), expected, stat_fingerprint(os.fstat(handle.fileno())))
 
 
 def snapshot_of(data: bytes, name: str = "<bytes>") -> Snapshot:
